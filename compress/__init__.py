@@ -1,0 +1,22 @@
+"""compress: make time-series forecasting Transformers smaller and faster, and prove it.
+
+Example:
+    >>> import compress
+    >>> small = compress.prune(model, criterion="taylor", ratio=0.5, calibration=batches)  # doctest: +SKIP
+    >>> print(compress.measure(small, x).compare(compress.measure(model, x)))                # doctest: +SKIP
+"""
+from . import criteria, graph, models, strategies
+from .api import prune
+
+__all__ = ["prune", "criteria", "strategies", "graph", "models", "measure", "Measurement", "data"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # measure and data are imported on first use
+    import importlib
+
+    if name in ("measure", "Measurement"):
+        return getattr(importlib.import_module(".measure", __name__), name)
+    if name == "data":
+        return importlib.import_module(".data", __name__)
+    raise AttributeError(f"module 'compress' has no attribute {name!r}")

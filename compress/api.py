@@ -1,0 +1,119 @@
+"""`compress.prune`: resolve names, copy the model, check the inputs, run a strategy."""
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import criteria as _criteria
+from . import strategies as _strategies
+from .criteria.base import split_batch
+from .strategies.base import PruneConfig, PruneContext
+
+__all__ = ["prune"]
+
+
+def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy: str = "structured",
+          example_inputs=None, calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
+          steps: int = 1, scope: str = "layer", ignore: Sequence = (), heads: Optional[dict] = None,
+          inplace: bool = False, *, units: Sequence[str] = ("ffn", "heads"), time_limit_s: float = 120.0,
+          verbose: bool = False) -> nn.Module:
+    """Prune a forecaster with one call.
+
+    Args:
+        model: any `nn.Module` forecaster (a `compress.models.Forecaster` or your own).
+        criterion: a name from `compress.criteria.available()` or a `Criterion` instance.
+        ratio: fraction to remove, in [0, 1): of FFN channels and of heads ("structured"),
+            or of the prunable weights ("unstructured").
+        strategy: "structured" (the model really shrinks) or "unstructured" (exact zeros).
+        example_inputs: inputs for tracing; defaults to the Forecaster's own example or
+            the first calibration batch.
+        calibration: `(inputs, target)` pairs for data-driven criteria (taylor, activation).
+        loss_fn: `loss_fn(prediction, target) -> scalar` for loss-guided criteria (MSE).
+        steps: prune in this many equal steps, re-scoring between them.
+        scope: "layer" (same fraction per layer) or "global" (ranked across layers).
+        ignore: modules or qualified names never to prune.
+        heads: `{module_or_name: n_heads}` for attention modules with an unknown head count,
+            or `{module_or_name: "attr"}` naming the attribute that holds it.
+        inplace: modify `model` itself instead of a copy.
+        units: structured units to cut ("ffn", "heads").
+        time_limit_s: abort graph building after this many seconds.
+        verbose: print progress.
+
+    Returns:
+        The pruned model (a copy unless `inplace`). Its `compress_pruning` attribute
+        records what was removed.
+
+    Example:
+        >>> import torch, compress
+        >>> layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 32), layer, torch.nn.Linear(32, 3))
+        >>> small = compress.prune(model, "magnitude", ratio=0.5, example_inputs=torch.randn(2, 16, 3))
+        >>> small[1].linear1.out_features, small[1].self_attn.num_heads
+        (32, 2)
+    """
+    config = PruneConfig(ratio=ratio, steps=steps, scope=scope, units=units, time_limit_s=time_limit_s,
+                         verbose=verbose)
+    crit = _criteria.get(criterion)
+    strat = _strategies.get(strategy)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prune() needs an nn.Module, got {type(model).__name__}")
+    if calibration is not None:
+        calibration = list(calibration)
+        if not calibration:
+            raise ValueError("calibration is empty: pass at least one (inputs, target) batch")
+        for i, batch in enumerate(calibration):
+            for t in split_batch(batch):
+                tensors = t.values() if isinstance(t, dict) else (t if isinstance(t, (tuple, list)) else [t])
+                for x in tensors:
+                    if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+                        raise ValueError(f"calibration batch {i} contains NaN or Inf values; clean or drop them")
+    if crit.requires_data and not calibration:
+        raise ValueError(f"criterion {crit.name!r} is data-driven: pass calibration=[(inputs, target), ...] "
+                         "(e.g. compress.data.load(...).batches(32, limit=8))")
+
+    # names refer to the user's model; map modules to names before copying
+    names = {m: n for n, m in model.named_modules()}
+
+    def as_name(x):
+        if isinstance(x, str):
+            return x
+        if x not in names:
+            raise ValueError(f"ignore/heads refers to a {type(x).__name__} that is not part of the model")
+        return names[x]
+
+    ignore_names = [as_name(x) for x in ignore]
+    head_names = {as_name(k): v for k, v in (heads or {}).items()}
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    if config.ratio == 0.0:
+        return model
+
+    if example_inputs is None:
+        if hasattr(model, "example_inputs"):
+            example_inputs = model.example_inputs()
+        elif calibration:
+            example_inputs = split_batch(calibration[0])[0]
+        else:
+            raise ValueError("pass example_inputs (one input batch) so the model can be traced")
+
+    by_name = dict(model.named_modules())
+    protected = None
+    if hasattr(model, "protected_modules") and model.protected_modules():
+        protected = list(model.protected_modules())
+    log = (lambda msg: print(f"[compress.prune] {msg}", file=sys.stderr)) if verbose else (lambda msg: None)
+    ctx = PruneContext(config=config, example_inputs=example_inputs, calibration=calibration, loss_fn=loss_fn,
+                       ignore=[by_name[n] for n in ignore_names],
+                       heads={by_name[n]: v for n, v in head_names.items()}, protected=protected, log=log)
+    summary = strat.run(model, crit, ctx)
+    history = list(getattr(model, "compress_pruning", []))
+    history.append({"strategy": strat.name, "criterion": repr(crit), "ratio": config.ratio, "steps": config.steps,
+                    "scope": config.scope, **summary})
+    model.compress_pruning = history
+    if hasattr(model, "after_prune"):
+        model.after_prune()
+    return model

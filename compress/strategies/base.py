@@ -1,0 +1,99 @@
+"""The strategy registry and the settings every strategy receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+_REGISTRY: Dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: register a strategy under its `name`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> "Strategy":
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(available())}") from None
+
+
+@dataclass
+class PruneConfig:
+    """Settings of one `compress.prune` call, validated on construction.
+
+    Args:
+        ratio: fraction of units (structured) or weights (unstructured) to remove, in [0, 1).
+        steps: prune in this many equal steps, re-scoring in between.
+        scope: "layer" (the same fraction in every group) or "global" (ranked across layers).
+        units: which structured units to cut: any of "ffn", "heads".
+        time_limit_s: abort graph building after this long.
+        verbose: print progress.
+    """
+
+    ratio: float = 0.5
+    steps: int = 1
+    scope: str = "layer"
+    units: Sequence[str] = ("ffn", "heads")
+    time_limit_s: float = 120.0
+    verbose: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
+            raise ValueError(f"ratio={self.ratio!r} is out of range: it is the fraction to remove and must be in [0, 1)")
+        self.ratio = float(self.ratio)
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps={self.steps!r} must be a positive integer")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope={self.scope!r} must be 'layer' or 'global'")
+        bad = set(self.units) - {"ffn", "heads"}
+        if bad or not self.units:
+            raise ValueError(f"units={tuple(self.units)!r}: choose from 'ffn', 'heads'")
+        self.units = tuple(self.units)
+
+    def fraction_after(self, step: int) -> float:
+        """Cumulative fraction removed after `step` (1-based) of `steps`."""
+        return self.ratio * step / self.steps
+
+
+@dataclass
+class PruneContext:
+    """Everything a strategy needs besides the model and the criterion."""
+
+    config: PruneConfig
+    example_inputs: object
+    calibration: Optional[list] = None
+    loss_fn: Optional[Callable] = None
+    ignore: Sequence[nn.Module] = ()
+    heads: Optional[dict] = None
+    protected: Optional[List[nn.Module]] = None
+    log: Callable[[str], None] = field(default=lambda msg: None)
+
+
+class Strategy:
+    name: ClassVar[str] = "base"
+
+    def run(self, model: nn.Module, criterion, ctx: PruneContext) -> dict:
+        """Prune `model` in place; return a summary dict."""
+        raise NotImplementedError
+
+
+def checked_scores(criterion, group) -> torch.Tensor:
+    s = criterion.score(group)
+    if not isinstance(s, torch.Tensor) or s.dim() != 1 or s.numel() != group.n:
+        raise RuntimeError(f"criterion {criterion.name!r} returned scores shaped "
+                           f"{getattr(s, 'shape', type(s))} for {group.name} with {group.n} units")
+    s = s.detach().float().cpu()
+    if not torch.isfinite(s).all():
+        raise RuntimeError(f"criterion {criterion.name!r} returned non-finite scores for {group.name}; "
+                           "check the model and calibration data for NaNs")
+    return s

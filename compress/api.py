@@ -109,6 +109,7 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
     ctx = PruneContext(config=config, example_inputs=example_inputs, calibration=calibration, loss_fn=loss_fn,
                        ignore=[by_name[n] for n in ignore_names],
                        heads={by_name[n]: v for n, v in head_names.items()}, protected=protected, log=log)
+    del by_name  # holds modules a strategy may replace (nn.MultiheadAttention): let them go
     summary = strat.run(model, crit, ctx)
     history = list(getattr(model, "compress_pruning", []))
     history.append({"strategy": strat.name, "criterion": repr(crit), "ratio": config.ratio, "steps": config.steps,

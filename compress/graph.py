@@ -235,15 +235,16 @@ class MultiheadAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True,
                  dropout: float = 0.0, batch_first: bool = False, kdim: Optional[int] = None,
-                 vdim: Optional[int] = None):
+                 vdim: Optional[int] = None, device=None, dtype=None):
         super().__init__()
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.dropout, self.batch_first = dropout, batch_first
         inner = num_heads * head_dim
-        self.q_proj = nn.Linear(embed_dim, inner, bias=bias)
-        self.k_proj = nn.Linear(kdim or embed_dim, inner, bias=bias)
-        self.v_proj = nn.Linear(vdim or embed_dim, inner, bias=bias)
-        self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
+        kw = dict(bias=bias, device=device, dtype=dtype)
+        self.q_proj = nn.Linear(embed_dim, inner, **kw)
+        self.k_proj = nn.Linear(kdim or embed_dim, inner, **kw)
+        self.v_proj = nn.Linear(vdim or embed_dim, inner, **kw)
+        self.out_proj = nn.Linear(inner, embed_dim, **kw)
         # nn.TransformerEncoder(Layer) read these to decide on their fused fast path; the
         # values below make them take the plain path that calls this module.
         self._qkv_same_embed_dim = False
@@ -255,21 +256,25 @@ class MultiheadAttention(nn.Module):
         if mha.bias_k is not None or mha.add_zero_attn:
             raise GraphBuildError("nn.MultiheadAttention with add_bias_kv/add_zero_attn is not supported for head pruning")
         d, h = mha.embed_dim, mha.num_heads
+        # built on the meta device and given the original tensors: no throw-away init
         new = cls(d, h, d // h, bias=mha.in_proj_bias is not None, dropout=mha.dropout,
-                  batch_first=mha.batch_first, kdim=mha.kdim, vdim=mha.vdim)
-        ref = mha.in_proj_weight if mha._qkv_same_embed_dim else None
-        with torch.no_grad():
-            ws = ref.chunk(3) if ref is not None else (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
-            for lin, w in zip((new.q_proj, new.k_proj, new.v_proj), ws):
-                lin.weight.copy_(w)
-            if mha.in_proj_bias is not None:
-                for lin, b in zip((new.q_proj, new.k_proj, new.v_proj), mha.in_proj_bias.chunk(3)):
-                    lin.bias.copy_(b)
-            new.out_proj.weight.copy_(mha.out_proj.weight)
-            if mha.out_proj.bias is not None:
-                new.out_proj.bias.copy_(mha.out_proj.bias)
+                  batch_first=mha.batch_first, kdim=mha.kdim, vdim=mha.vdim, device="meta")
+
+        def param(t):  # shares storage with the original (views of in_proj_weight): no copy
+            return nn.Parameter(t.detach(), requires_grad=t.requires_grad)
+
+        ws = (mha.in_proj_weight.chunk(3) if mha._qkv_same_embed_dim
+              else (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight))
+        bs = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None,) * 3
+        for lin, w, b in zip((new.q_proj, new.k_proj, new.v_proj), ws, bs):
+            lin.weight = param(w)
+            if b is not None:
+                lin.bias = param(b)
+        new.out_proj.weight = param(mha.out_proj.weight)
+        if mha.out_proj.bias is not None:
+            new.out_proj.bias = param(mha.out_proj.bias)
         new.train(mha.training)
-        return new.to(mha.out_proj.weight.device, mha.out_proj.weight.dtype)
+        return new
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
@@ -320,13 +325,11 @@ def _merge_masks(attn_mask, key_padding_mask, B, h, Lq, Lk, dtype):
 
 def swap_torch_mha(model: nn.Module) -> int:
     """Replace every `nn.MultiheadAttention` in `model` by the prunable drop-in."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.MultiheadAttention:
-                setattr(parent, name, MultiheadAttention.from_torch(child))
-                count += 1
-    return count
+    targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+               if type(child) is nn.MultiheadAttention]
+    for parent, name in targets:  # one at a time, so each original is freed before the next
+        setattr(parent, name, MultiheadAttention.from_torch(getattr(parent, name)))
+    return len(targets)
 
 
 # ---------------------------------------------------------------------------------
@@ -399,10 +402,13 @@ class _OpaqueAttentionPruner(tp.pruner.BasePruningFunc):
 
 @dataclass
 class PruningGraph:
-    """The traced model: torch-pruning's graph plus the unit groups found in it."""
+    """The unit groups found in a traced model.
+
+    torch-pruning's graph itself is not kept: its nodes hold the autograd graph of the
+    tracing pass, which would keep every original weight alive after pruning.
+    """
 
     model: nn.Module
-    dg: Optional[tp.DependencyGraph]
     groups: List[UnitGroup]
     attention: List[AttentionSpec]
     protected: List[nn.Module]
@@ -412,14 +418,19 @@ class PruningGraph:
         return [g for g in self.groups if g.kind == kind]
 
     def prune_group(self, group: UnitGroup, idxs: Sequence[int]) -> None:
+        """Physically remove units `idxs` of `group` (torch-pruning's layer pruners)."""
         idxs = sorted(set(int(i) for i in idxs))
         if not idxs:
             return
         if group.kind == "heads":
             group.attention.prune_heads(idxs)
         else:
-            pruner = self.dg.get_pruner_of_module(group.dg_root)
-            self.dg.get_pruning_group(group.dg_root, pruner.prune_out_channels, idxs).prune()
+            # an FFN group holds exactly the root's out-channels and its consumers'
+            # in-channels (checked in `build`), so these two cuts are the whole group
+            tp.prune_linear_out_channels(group.dg_root, idxs) if isinstance(group.dg_root, nn.Linear) \
+                else tp.prune_conv_out_channels(group.dg_root, idxs)
+            for m in group.dg_in:
+                tp.prune_linear_in_channels(m, idxs) if isinstance(m, nn.Linear) else tp.prune_conv_in_channels(m, idxs)
         group.n -= len(idxs)
 
 
@@ -567,6 +578,9 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
     import time
 
     t0 = time.perf_counter()
+    # tracing keeps every activation for a backward pass: two samples show the same graph
+    if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() > 1 and example_inputs.shape[0] > 2:
+        example_inputs = example_inputs[:2]
     names = _module_names(model)
     by_name = {n: m for m, n in names.items()}
 
@@ -587,6 +601,7 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
             head_attr[m], v = v, getattr(m, v)
         hints[m] = int(v)
 
+    del by_name
     if prune_heads:
         swap_torch_mha(model)
         names = _module_names(model)
@@ -679,12 +694,32 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
                 continue  # a fan-out FFN (several consumers) is left alone
             groups.append(UnitGroup(names.get(m, "?") + ".ffn", "ffn", m.out_channels if isinstance(m, nn.Conv1d) else m.out_features,
                                     site, 1, dg_root=m, dg_in=ins))
-    import time as _t
-    return PruningGraph(model, dg, groups, specs, list(protected), _t.perf_counter() - t0)
+    del dg  # see PruningGraph
+    release_memory(model)
+    return PruningGraph(model, groups, specs, list(protected), time.perf_counter() - t0)
 
 
 def _is_op(t) -> bool:
     return type(t).__module__.startswith("torch_pruning")
+
+
+def release_memory(model: Optional[nn.Module] = None, min_mb: float = 64.0) -> None:
+    """Hand freed tensor memory back to the OS (glibc keeps freed blocks otherwise).
+
+    Tracing and calibration allocate activations that are freed before the cut; without
+    this the cut's new, smaller weights land on top of them and peak RSS grows. Skipped
+    for models under `min_mb` (a garbage-collection pass costs ~0.1 s).
+    """
+    import ctypes
+    import gc
+
+    if model is not None and sum(p.numel() * p.element_size() for p in model.parameters()) < min_mb * 2**20:
+        return
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def describe_sizes(model: nn.Module) -> dict:

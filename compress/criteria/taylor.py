@@ -57,20 +57,42 @@ class Taylor(Criterion):
         units = [g for g in groups if not isinstance(g, WeightGroup)]
         weights = [g for g in groups if isinstance(g, WeightGroup)]
         use_masks = self.order == 2 and bool(units)
+        # every parameter whose g·w is needed, with the groups that read it
+        readers: Dict[int, list] = {}
+        for g in weights:
+            readers.setdefault(id(g.param), []).append((g, None, None))
+        if not use_masks:
+            for g in units:
+                for p, dim, width in g.slices():
+                    readers.setdefault(id(p), []).append((g, dim, width))
         was_training = model.training
         model.eval()  # no dropout: scores should not depend on it
         params = list(model.parameters())
         requires = [p.requires_grad for p in params]
         grads = [p.grad for p in params]
-        need_param_grads = {id(p) for g in weights for p in [g.param]}
-        if self.order == 1:
-            need_param_grads |= {id(p) for g in units for p, _, _ in g.slices()}
+        batch_scores: Dict[int, torch.Tensor] = {}
+
+        def on_grad(p):
+            # called as soon as p's gradient is ready: fold g·w into the scores and drop the
+            # gradient at once, so calibration never holds a full copy of the gradients
+            gw = p.grad.detach() * p.detach()
+            for g, dim, width in readers[id(p)]:
+                if dim is None:
+                    contrib = gw.flatten().float().cpu()
+                    if self.order == 2:
+                        contrib = -contrib + contrib.pow(2) / 2
+                else:
+                    contrib = g.unit_view(gw, dim, width).float().sum(1).cpu()
+                batch_scores[id(g)] = batch_scores.get(id(g), 0) + contrib
+            p.grad = None
+
+        hooks = []
         for p in params:
             p.grad = None
-            p.requires_grad_(id(p) in need_param_grads)
-
+            p.requires_grad_(id(p) in readers)
+            if id(p) in readers:
+                hooks.append(p.register_post_accumulate_grad_hook(on_grad))
         masks: Dict[int, list] = {id(g): [] for g in units}
-        hooks = []
         if use_masks:
             for g in units:
                 hooks.append(g.site.register_forward_pre_hook(self._mask_hook(g, masks[id(g)])))
@@ -81,27 +103,22 @@ class Taylor(Criterion):
                 n_batches += 1
                 for lst in masks.values():
                     lst.clear()
+                batch_scores.clear()
                 loss = forward_loss(model, batch, loss_fn)
                 if not loss.requires_grad:
                     raise ValueError("the calibration loss does not depend on any prunable unit")
                 loss.backward()
-                for g in units:
-                    if use_masks:
+                if use_masks:
+                    for g in units:
                         s = torch.zeros(g.n)
                         for m in masks[id(g)]:
-                            if m.grad is None:
-                                continue
-                            gs = m.grad.float().cpu() * m.shape[0]  # [S, n] per-sample mask gradients
-                            s += (-gs + gs.pow(2) / 2).sum(0)
-                    else:
-                        s = g.reduce(lambda w, gr: torch.zeros(w.shape[0]) if gr is None else (w * gr).float().sum(1))
-                    self._accumulate(id(g), s)
-                for g in weights:
-                    p = g.param
-                    gw = (torch.zeros_like(p) if p.grad is None else p.grad * p.detach()).flatten().float().cpu()
-                    self._accumulate(id(g), gw if self.order == 1 else (-gw + gw.pow(2) / 2))
-                for p in params:
-                    p.grad = None
+                            if m.grad is not None:
+                                gs = m.grad.float().cpu() * m.shape[0]  # [S, n] per-sample mask gradients
+                                s += (-gs + gs.pow(2) / 2).sum(0)
+                        batch_scores[id(g)] = s
+                for g in groups:
+                    s = batch_scores.get(id(g))
+                    self._accumulate(id(g), torch.zeros(g.n) if s is None else s)
         finally:
             for h in hooks:
                 h.remove()

@@ -35,6 +35,7 @@ class Structured(Strategy):
             frac = cfg.fraction_after(step)
             criterion.calibrate(model, ctx.calibration, groups=groups, loss_fn=ctx.loss_fn)
             scores = {id(g): checked_scores(criterion, g) for g in groups}
+            G.release_memory(model)
             plan = (self._plan_layer if cfg.scope == "layer" else self._plan_global)(groups, scores, original, frac)
             for g in groups:
                 idxs = plan.get(id(g), [])

@@ -1,0 +1,119 @@
+"""TimesFM 2.5 (Google) through Hugging Face transformers' `TimesFm2_5ModelForPrediction`.
+
+A decoder-only patched Transformer (RoPE, q/k RMS-norm, a learned per-dimension query
+`scaling`) with a point head (10 outputs per step: mean and the 0.1..0.9 quantiles) and a
+long-horizon quantile head. The forecast is the model's own forward: per-series
+normalisation, flip invariance, the continuous quantile head, and the point output at
+`decode_index` (the 0.5 quantile, i.e. the median). TimesFM is univariate: channels are
+forecast as separate series, so any channel count works.
+
+Sizes: "base" is the published TimesFM-2.5-200M architecture (load its weights with
+`pretrained=DIR` of `google/timesfm-2.5-200m-transformers`); "small" keeps its structure at
+d_model 256 x 4 layers (~3 M parameters) for benchmarks on CPU; "tiny" is for tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .base import Forecaster, register
+
+__all__ = ["TimesFMForecaster", "SIZES"]
+
+SIZES = {
+    "tiny": dict(
+        context_length=64, patch_length=8, horizon_length=16, output_quantile_len=16,
+        hidden_size=32, intermediate_size=64, head_dim=8, num_attention_heads=4, num_key_value_heads=4,
+        num_hidden_layers=2, max_position_embeddings=64,
+    ),
+    "small": dict(
+        context_length=512, patch_length=32, horizon_length=128, output_quantile_len=128,
+        hidden_size=256, intermediate_size=256, head_dim=64, num_attention_heads=4, num_key_value_heads=4,
+        num_hidden_layers=4, max_position_embeddings=512,
+    ),
+    # TimesFM-2.5-200M (its checkpoint reads up to 16k steps; 512 here, RoPE has no weights).
+    "base": dict(
+        context_length=512, patch_length=32, horizon_length=128, output_quantile_len=1024,
+        hidden_size=1280, intermediate_size=1280, head_dim=80, num_attention_heads=16, num_key_value_heads=16,
+        num_hidden_layers=20, max_position_embeddings=16384,
+    ),
+}
+
+_ALIASES = {"horizon": "horizon_length"}
+
+
+def _native(config: dict) -> dict:
+    return {_ALIASES.get(k, k): v for k, v in config.items()}
+
+
+@register("timesfm")
+class TimesFMForecaster(Forecaster):
+    """TimesFM 2.5 (`transformers.TimesFm2_5ModelForPrediction`) as a `Forecaster`.
+
+    `horizon` may be shorter than the model's `horizon_length` (the forecast is cut).
+
+    Example:
+        >>> m = compress.models.load("timesfm", size="tiny")   # doctest: +SKIP
+        >>> m(torch.randn(2, 64, 3)).shape                      # doctest: +SKIP
+        torch.Size([2, 16, 3])
+    """
+
+    @classmethod
+    def build(cls, pretrained: Optional[str] = None, size: str = "small", **config) -> "TimesFMForecaster":
+        """Args:
+            pretrained: local directory of a TimesFM-2.5 transformers checkpoint.
+            size: "tiny", "small" or "base" (the published 200M architecture).
+            **config: TimesFm2_5Config overrides; `horizon` (<= horizon_length) cuts the
+                forecast, `context_length` sets how many past steps are read.
+        """
+        from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
+
+        if size not in SIZES:
+            raise ValueError(f"timesfm: unknown size {size!r}; choose one of {sorted(SIZES)}")
+        overrides = dict(config)
+        horizon = overrides.pop("horizon", None)
+        if pretrained is not None:
+            if not os.path.isdir(pretrained):
+                raise FileNotFoundError(f"timesfm: pretrained must be a local directory, got {pretrained!r}")
+            model = TimesFm2_5ModelForPrediction.from_pretrained(pretrained, **overrides)
+        else:
+            params = {**SIZES[size], **overrides}
+            if horizon is not None and "horizon_length" not in overrides:
+                params["horizon_length"] = max(int(horizon), 1)
+            model = TimesFm2_5ModelForPrediction(TimesFm2_5Config(**params))
+        model.eval()
+        cfg = model.config
+        horizon = cfg.horizon_length if horizon is None else int(horizon)
+        if horizon > cfg.horizon_length:
+            raise ValueError(f"timesfm: horizon {horizon} exceeds the model's horizon_length {cfg.horizon_length}")
+        return cls(
+            model,
+            context_length=cfg.context_length,
+            horizon=horizon,
+            n_channels=None,
+            config={
+                "size": size,
+                "pretrained": None if pretrained is None else os.path.abspath(pretrained),
+                "overrides": config,
+                "model_config": json.loads(cfg.to_json_string()),
+            },
+        ).eval()
+
+    def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
+        b, l, c = past.shape
+        series = past.permute(0, 2, 1).reshape(b * c, l)  # [B*C, L]: one univariate series per row
+        out = self.model(past_values=series, return_dict=True)
+        y = out.mean_predictions[:, : self.horizon]  # [B*C, H] (decode_index: the median)
+        return y.reshape(b, c, -1).permute(0, 2, 1)  # [B, H, C]
+
+    def protected_modules(self) -> List[nn.Module]:
+        # Input tokenizer (2*patch -> d_model residual MLP) and the point / quantile heads.
+        return [
+            self.model.model.input_ff_layer,
+            self.model.output_projection_point,
+            self.model.output_projection_quantiles,
+        ]

@@ -1,0 +1,112 @@
+"""IBM TinyTimeMixer (TTM) through its own package, granite-tsfm (`tsfm_public`).
+
+`load("ttm")` loads the pretrained TTM-R2 checkpoint (context 512, horizon 96, Apache-2.0)
+that ships in `compress/models/weights/granite-ttm-r2-512-96/` with its model card. The
+forecast is computed as IBM's zero-shot evaluation does: the model scales each window
+itself (per-channel mean/std over the context) and `prediction_outputs` is the point
+forecast in the input's units.
+
+TTM is an MLP-Mixer in "common_channel" mode: channels are independent, so any channel
+count works (`n_channels is None`) unless channel mixing is configured.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .base import Forecaster, register
+
+__all__ = ["TTMForecaster", "PRETRAINED_DIR", "SIZES"]
+
+#: The shipped pretrained checkpoint: granite-timeseries-ttm-r2, branch 512-96-r2.
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "granite-ttm-r2-512-96")
+
+#: Configurations built from scratch (random weights). "small" is not here: it is the
+#: shipped pretrained checkpoint (805,280 parameters).
+SIZES = {
+    # Same structure as R2 (adaptive patching, decoder, gated attention), at toy widths.
+    "tiny": dict(
+        context_length=64, patch_length=8, patch_stride=8, prediction_length=16,
+        d_model=16, num_layers=2, expansion_factor=2, adaptive_patching_levels=2,
+        decoder_d_model=16, decoder_num_layers=2, gated_attn=True, mode="common_channel",
+        decoder_mode="common_channel", scaling="std", loss="mse", dropout=0.0, head_dropout=0.0,
+    ),
+}
+
+# Generic names accepted by every adapter -> TinyTimeMixerConfig names.
+_ALIASES = {"horizon": "prediction_length"}
+
+
+def _native(config: dict) -> dict:
+    return {_ALIASES.get(k, k): v for k, v in config.items()}
+
+
+@register("ttm")
+class TTMForecaster(Forecaster):
+    """TinyTimeMixer (`tsfm_public.TinyTimeMixerForPrediction`) as a `Forecaster`.
+
+    Example:
+        >>> m = compress.models.load("ttm")                   # doctest: +SKIP
+        >>> m(torch.randn(4, 512, 7)).shape                   # doctest: +SKIP
+        torch.Size([4, 96, 7])
+    """
+
+    @classmethod
+    def build(cls, pretrained: Optional[str] = None, size: str = "small", **config) -> "TTMForecaster":
+        """Args:
+            pretrained: local directory of a TTM checkpoint; default for size="small" is the
+                shipped TTM-R2 512-96.
+            size: "small" (the shipped pretrained model) or "tiny" (random, for tests).
+            **config: TinyTimeMixerConfig overrides (`horizon` is an alias of
+                `prediction_length`; on a pretrained model `horizon` below its native
+                horizon becomes `prediction_filter_length`).
+        """
+        from tsfm_public import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+        if size not in ("small", *SIZES):
+            raise ValueError(f"ttm: unknown size {size!r}; choose 'small' (pretrained) or one of {sorted(SIZES)}")
+        if pretrained is None and size == "small":
+            pretrained = PRETRAINED_DIR
+        overrides = _native(config)
+        if pretrained is not None:
+            if not os.path.isdir(pretrained):
+                raise FileNotFoundError(f"ttm: pretrained must be a local checkpoint directory, got {pretrained!r}")
+            # A shorter horizon on a fixed-horizon checkpoint is IBM's prediction_filter_length.
+            horizon = overrides.pop("prediction_length", None)
+            if horizon is not None:
+                overrides["prediction_filter_length"] = int(horizon)
+            model = TinyTimeMixerForPrediction.from_pretrained(pretrained, **overrides)
+        else:
+            model = TinyTimeMixerForPrediction(TinyTimeMixerConfig(**{**SIZES[size], **overrides}))
+        model.eval()
+
+        cfg = model.config
+        horizon = cfg.prediction_filter_length or cfg.prediction_length
+        mixes_channels = (
+            cfg.mode == "mix_channel" or cfg.decoder_mode == "mix_channel" or cfg.enable_forecast_channel_mixing
+        )
+        return cls(
+            model,
+            context_length=cfg.context_length,
+            horizon=horizon,
+            n_channels=cfg.num_input_channels if mixes_channels else None,
+            config={
+                "size": size,
+                "pretrained": None if pretrained is None else os.path.abspath(pretrained),
+                "overrides": config,
+                "model_config": json.loads(cfg.to_json_string()),
+            },
+        ).eval()
+
+    def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
+        # TTM left-pads / truncates to its context itself and scales each window per channel.
+        out = self.model(past_values=past, return_loss=False, return_dict=True)
+        return out.prediction_outputs  # [B, H, C]
+
+    def protected_modules(self) -> List[nn.Module]:
+        # Patch projection (patch_length -> d_model) and the flatten-linear forecasting head.
+        return [self.model.backbone.encoder.patcher, self.model.head.base_forecast_block]

@@ -353,15 +353,17 @@ class UnitGroup:
     site: nn.Module
     width: int
     attention: Optional[AttentionSpec] = None
-    dg_root: Optional[nn.Module] = None  # FFN: the Linear/Conv1d whose out-channels are the units
-    dg_in: List[nn.Module] = field(default_factory=list)
+    dg_out: List[nn.Module] = field(default_factory=list)  # FFN: Linear/Conv1d whose out-channels are the units
+    dg_in: List[nn.Module] = field(default_factory=list)   # FFN: the layers that read them
 
     def slices(self) -> List[Tuple[torch.Tensor, int, int]]:
         if self.kind == "heads":
             return self.attention.slices()
-        out = [(self.dg_root.weight, 0, 1)]
-        if self.dg_root.bias is not None:
-            out.append((self.dg_root.bias, 0, 1))
+        out = []
+        for m in self.dg_out:
+            out.append((m.weight, 0, 1))
+            if m.bias is not None:
+                out.append((m.bias, 0, 1))
         for m in self.dg_in:
             out.append((m.weight, 1, 1))
         return out
@@ -393,11 +395,17 @@ class _OpaqueAttentionPruner(tp.pruner.BasePruningFunc):
 
     prune_in_channels = prune_out_channels
 
-    def get_out_channels(self, layer):
-        return None
+    def __init__(self, specs: Dict[int, AttentionSpec]):
+        super().__init__()
+        self.specs = specs
+
+    def get_out_channels(self, layer):  # d_model out (index bookkeeping of cat/split needs it)
+        spec = self.specs.get(id(layer))
+        return spec.o.out_features if spec is not None else None
 
     def get_in_channels(self, layer):
-        return None
+        spec = self.specs.get(id(layer))
+        return spec.q.in_features if spec is not None else None
 
 
 @dataclass
@@ -425,10 +433,10 @@ class PruningGraph:
         if group.kind == "heads":
             group.attention.prune_heads(idxs)
         else:
-            # an FFN group holds exactly the root's out-channels and its consumers'
-            # in-channels (checked in `build`), so these two cuts are the whole group
-            tp.prune_linear_out_channels(group.dg_root, idxs) if isinstance(group.dg_root, nn.Linear) \
-                else tp.prune_conv_out_channels(group.dg_root, idxs)
+            # an FFN group holds exactly its producers' out-channels and its consumers'
+            # in-channels (checked in `build`), so these cuts are the whole group
+            for m in group.dg_out:
+                tp.prune_linear_out_channels(m, idxs) if isinstance(m, nn.Linear) else tp.prune_conv_out_channels(m, idxs)
             for m in group.dg_in:
                 tp.prune_linear_in_channels(m, idxs) if isinstance(m, nn.Linear) else tp.prune_conv_in_channels(m, idxs)
         group.n -= len(idxs)
@@ -623,7 +631,8 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
     inner = {id(sub) for s in specs for sub in s.module.modules() if sub is not s.module}
     specs = [s for s in specs if id(s.module) not in inner]
 
-    customized = {type(s.module): _OpaqueAttentionPruner() for s in specs}
+    opaque = _OpaqueAttentionPruner({id(s.module): s for s in specs})
+    customized = {type(s.module): opaque for s in specs}
     dg = tp.DependencyGraph()
     was_training = model.training
     requires = {p: p.requires_grad for p in model.parameters()}
@@ -646,7 +655,12 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
             except GraphBuildError:
                 raise
             except Exception as e:  # name the module that failed
-                where = trail[-1] if trail else type(model).__name__
+                if not trail:  # the forward ran: torch-pruning's grouping itself failed
+                    raise GraphBuildError(
+                        f"torch-pruning could not group the traced graph of {type(model).__name__} "
+                        f"({type(e).__name__}: {e}); exclude the offending modules with ignore=[...], or load the "
+                        "model through a compress.models adapter that registers its attention") from e
+                where = trail[-1]
                 raise GraphBuildError(
                     f"could not trace {type(model).__name__}: module {where!r} raised "
                     f"{type(e).__name__}: {e}. Exclude it with ignore=[{where!r}], give its head count "
@@ -670,33 +684,45 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
         groups.append(UnitGroup(names.get(s.module, "?") + ".heads", "heads", s.n_heads, s.o, s.v_dim, attention=s))
 
     roots = [m for m in dg.module2node if isinstance(m, (nn.Linear, nn.Conv1d)) and id(m) not in protected_ids]
+    grouped = set()
     for m in roots:
-        if isinstance(m, nn.Conv1d) and m.groups != 1:
+        if id(m) in grouped or (isinstance(m, nn.Conv1d) and m.groups != 1):
             continue
         pruner = dg.get_pruner_of_module(m)
         group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
-        ins, ok = [], True
+        outs, ins, ok = [m], [], True
         for dep, _ in group:
             t = dep.target.module
             if t is m:
                 continue
-            if isinstance(t, (nn.Linear, nn.Conv1d)) and dg.is_in_channel_pruning_fn(dep.handler):
+            if isinstance(t, (nn.Linear, nn.Conv1d)):
                 if id(t) in protected_ids or (isinstance(t, nn.Conv1d) and t.groups != 1):
                     ok = False
-                ins.append(t)
-            elif isinstance(t, (nn.Module, nn.Parameter)) and not isinstance(t, tp.ops.DummyMHA) and not _is_op(t):
-                ok = False  # norm, embedding, attention, a parameter: the residual stream
-            elif isinstance(t, tp.ops._OutputOp):
-                ok = False
-        if ok and ins:
-            site = ins[0] if len(ins) == 1 else None
-            if site is None:
-                continue  # a fan-out FFN (several consumers) is left alone
-            groups.append(UnitGroup(names.get(m, "?") + ".ffn", "ffn", m.out_channels if isinstance(m, nn.Conv1d) else m.out_features,
-                                    site, 1, dg_root=m, dg_in=ins))
+                (ins if dg.is_in_channel_pruning_fn(dep.handler) else outs).append(t)
+            elif isinstance(t, tp.ops._OutputOp) or not _is_op(t):
+                ok = False  # norm, embedding, attention, a parameter, the output: the residual stream
+        outs = list({id(o): o for o in outs}.values())
+        ins = list({id(i): i for i in ins}.values())
+        grouped.update(id(o) for o in outs)
+        # one producer, or a gated pair (GLU: act(x W0) * (x W1)) that share a parent and
+        # an input; three or more coupled producers are attention-like: not an FFN
+        gated = len(outs) == 2 and _parent(names, outs[0]) == _parent(names, outs[1]) and \
+            _in_width(outs[0]) == _in_width(outs[1])
+        if not ok or len(ins) != 1 or not (len(outs) == 1 or gated):
+            continue  # fan-out FFNs (several consumers) are left alone too
+        n = m.out_channels if isinstance(m, nn.Conv1d) else m.out_features
+        groups.append(UnitGroup(names.get(m, "?") + ".ffn", "ffn", n, ins[0], 1, dg_out=outs, dg_in=ins))
     del dg  # see PruningGraph
     release_memory(model)
     return PruningGraph(model, groups, specs, list(protected), time.perf_counter() - t0)
+
+
+def _parent(names: Dict[nn.Module, str], m: nn.Module) -> str:
+    return names.get(m, "").rpartition(".")[0]
+
+
+def _in_width(m: nn.Module) -> int:
+    return m.in_channels if isinstance(m, nn.Conv1d) else m.in_features
 
 
 def _is_op(t) -> bool:

@@ -127,6 +127,12 @@ class Forecaster(nn.Module):
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def prepare_for_pruning(self) -> None:
+        """Called on the copy before structured pruning traces it (untie shared per-head tables...)."""
+
+    def after_prune(self) -> None:
+        """Called after a cut: bring config fields in line with the new sizes."""
+
     def protected_modules(self) -> List[nn.Module]:
         """Modules default pruning leaves alone (input embedding, forecasting head)."""
         return []

@@ -20,6 +20,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from . import _t5  # noqa: F401  (registers the T5 attention recogniser)
 from .base import Forecaster, register
 
 __all__ = ["ChronosBoltForecaster", "SIZES"]
@@ -116,6 +117,12 @@ class ChronosBoltForecaster(Forecaster):
         q = self.model(context=context).quantile_preds  # [B*C, Q, H]
         y = q[:, self.median_index, :]  # [B*C, H]
         return y.reshape(b, c, -1).permute(0, 2, 1)  # [B, H, C]
+
+    def prepare_for_pruning(self) -> None:
+        # each T5 layer computes its own relative-position bias, so heads can differ per layer
+        from ._t5 import untie_position_bias
+
+        untie_position_bias(self.model)
 
     def protected_modules(self) -> List[nn.Module]:
         # Patch embedding (2*patch -> d_model residual MLP) and the quantile head.

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import graph as _graph
 from .base import Forecaster, register
+from .timesfm import opaque_while_traced, remove_opaque_hooks
 
 __all__ = ["MoiraiForecaster", "SIZES"]
 
@@ -64,6 +66,54 @@ def _make_picklable(module: nn.Module) -> None:
     dm = getattr(getattr(module, "param_proj", None), "domain_map", None)
     if isinstance(dm, dict) and getattr(dm.get("weights_logits"), "__name__", "") == "<lambda>":
         dm["weights_logits"] = _identity
+
+
+# --- attention heads ---------------------------------------------------------------------
+def _bias_tables(attn: nn.Module) -> list:
+    """Per-head attention-bias tables of a uni2ts attention: (module, its Embedding)."""
+    out = []
+    for name in ("var_attn_bias", "time_attn_bias"):
+        b = getattr(attn, name, None)
+        if b is None:
+            continue
+        emb = getattr(b, "emb", None)
+        if not isinstance(emb, nn.Embedding) or emb.embedding_dim != attn.num_heads:
+            raise NotImplementedError(f"moirai: unsupported attention bias {type(b).__name__} for head pruning")
+        out.append((b, emb))
+    return out
+
+
+def _fix_heads(attn: nn.Module, new: int, old: int) -> None:
+    # multi-head attention (one head per group): groups, the bias modules' head counts and
+    # their tables' widths follow. head_dim is unchanged, so q/k norms and RoPE (shared
+    # between layers, over head_dim) need nothing.
+    tables = _bias_tables(attn)  # before the head count changes (it checks table widths)
+    attn.num_heads = attn.num_groups = new
+    for b, emb in tables:
+        b.num_heads = b.num_groups = new
+        emb.embedding_dim = emb.weight.shape[1]
+
+
+def _recognise_moirai_attention(module: nn.Module, hint):
+    try:
+        from uni2ts.module.attention import GroupedQueryAttention
+    except ImportError:  # pragma: no cover - uni2ts not installed
+        return None
+    if not isinstance(module, GroupedQueryAttention):
+        return None
+    if module.num_groups != module.num_heads:  # GQA/MQA: k/v heads are shared between q heads
+        return None
+    if any(getattr(module, n, None) is not None for n in ("var_qk_proj", "time_qk_proj")):
+        for n in ("var_qk_proj", "time_qk_proj"):
+            proj = getattr(module, n, None)
+            if proj is not None and any(True for _ in proj.parameters()):
+                return None  # learned per-head q/k projections: not supported
+    per_head = [(emb, "weight", 1) for _, emb in _bias_tables(module)]
+    return _graph.AttentionSpec(module, module.num_heads, module.q_proj, module.k_proj, module.v_proj,
+                                module.out_proj, per_head, fix=_fix_heads)
+
+
+_graph.register_attention(_recognise_moirai_attention)
 
 
 @register("moirai")
@@ -208,6 +258,18 @@ class MoiraiForecaster(Forecaster):
         n_context = min(past.shape[1], self.context_length)
         mean = self.distribution(past).mean  # [B, C*(Nc+Nh), P_max]
         return self.unpack(mean, n_context, past.shape[-1])
+
+    # --- pruning -----------------------------------------------------------------------
+    def prepare_for_pruning(self) -> None:
+        """Trace each attention as one node: its einops rearranges over heads, RoPE and
+        bias tables cut the q/k/v -> out link in torch-pruning's graph (heads are cut by the
+        attention spec registered above)."""
+        from uni2ts.module.attention import GroupedQueryAttention
+
+        opaque_while_traced(self, (GroupedQueryAttention,))
+
+    def after_prune(self) -> None:
+        remove_opaque_hooks(self)
 
     def protected_modules(self) -> List[nn.Module]:
         # Multi-patch-size input projection and the distribution parameter projection (head).

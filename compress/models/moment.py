@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _t5  # noqa: F401  (registers the T5 attention recogniser)
 from .base import Forecaster, register
 
 __all__ = ["MomentForecaster", "SIZES"]
@@ -136,6 +137,12 @@ class MomentForecaster(Forecaster):
             mask = F.pad(mask, (seq_len - l, 0))
         out = self.model(x_enc=x, input_mask=mask)
         return out.forecast.permute(0, 2, 1)  # [B, C, H] -> [B, H, C]
+
+    def prepare_for_pruning(self) -> None:
+        # each T5 layer computes its own relative-position bias, so heads can differ per layer
+        from ._t5 import untie_position_bias
+
+        untie_position_bias(self.model)
 
     def protected_modules(self) -> List[nn.Module]:
         # Patch embedding (patch_len -> d_model) and the flatten-linear forecasting head.

@@ -18,6 +18,8 @@ class Structured(Strategy):
 
     def run(self, model, criterion, ctx: PruneContext) -> dict:
         cfg = ctx.config
+        if hasattr(model, "prepare_for_pruning"):  # adapter hook: untie shared per-head tables...
+            model.prepare_for_pruning()
         pg = G.build(model, ctx.example_inputs, ignore=ctx.ignore, heads=ctx.heads,
                      protected=ctx.protected, prune_heads="heads" in cfg.units,
                      time_limit_s=cfg.time_limit_s)

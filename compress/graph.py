@@ -382,6 +382,40 @@ class UnitGroup:
         return total
 
 
+class _Opaque(torch.autograd.Function):
+    """Identity on an attention output whose autograd node links only to the module inputs."""
+
+    @staticmethod
+    def forward(ctx, out, *inputs):  # `out` is detached: only `inputs` are linked
+        ctx.n = len(inputs)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None,) * (ctx.n + 1)
+
+
+def _opaque_output(module, args, kwargs, output):
+    """Forward hook used while tracing: hide the inside of a recognised attention module.
+
+    torch-pruning walks the autograd graph *inside* customised modules too; RoPE's
+    `cat(-x2, x1)`, einops rearranges over heads or relative-bias tables then reach its
+    cat/split index mapping and the build fails or couples the wrong channels.
+    """
+    seen, inputs = set(), []
+    for t in list(args) + list(kwargs.values()):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad and id(t) not in seen:
+            seen.add(id(t))
+            inputs.append(t)
+    if not inputs:
+        return None
+    if isinstance(output, torch.Tensor):
+        return _Opaque.apply(output.detach(), *inputs)
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (_Opaque.apply(output[0].detach(), *inputs),) + tuple(output[1:])
+    return None
+
+
 class _OpaqueAttentionPruner(tp.pruner.BasePruningFunc):
     """Keeps recognised attention modules as single nodes in torch-pruning's graph.
 
@@ -638,6 +672,8 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
     requires = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(True)  # the tracer follows autograd: frozen weights are invisible
+    # registered before torch-pruning's own hooks, so they see the opaque output
+    opaque_hooks = [s.module.register_forward_hook(_opaque_output, with_kwargs=True) for s in specs]
     try:
         with module_trail(model) as trail, time_limit(
                 time_limit_s, f"building the dependency graph of {type(model).__name__} took longer than "
@@ -666,6 +702,8 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
                     f"{type(e).__name__}: {e}. Exclude it with ignore=[{where!r}], give its head count "
                     f"with heads={{{where!r}: n}}, or load the model through a compress.models adapter") from e
     finally:
+        for h in opaque_hooks:
+            h.remove()
         for p, r in requires.items():
             p.requires_grad_(r)
         model.train(was_training)

@@ -26,7 +26,6 @@ from torch import nn
 
 from .. import graph as _graph
 from .base import Forecaster, register
-from .timesfm import opaque_while_traced, remove_opaque_hooks
 
 __all__ = ["MoiraiForecaster", "SIZES"]
 
@@ -259,18 +258,8 @@ class MoiraiForecaster(Forecaster):
         mean = self.distribution(past).mean  # [B, C*(Nc+Nh), P_max]
         return self.unpack(mean, n_context, past.shape[-1])
 
-    # --- pruning -----------------------------------------------------------------------
-    def prepare_for_pruning(self) -> None:
-        """Trace each attention as one node: its einops rearranges over heads, RoPE and
-        bias tables cut the q/k/v -> out link in torch-pruning's graph (heads are cut by the
-        attention spec registered above)."""
-        from uni2ts.module.attention import GroupedQueryAttention
-
-        opaque_while_traced(self, (GroupedQueryAttention,))
-
-    def after_prune(self) -> None:
-        remove_opaque_hooks(self)
-
+    # heads are cut by the attention spec registered above; compress.graph traces each
+    # attention as one node, so its einops rearranges and RoPE never reach torch-pruning
     def protected_modules(self) -> List[nn.Module]:
         # Multi-patch-size input projection and the distribution parameter projection (head).
         return [self.model.in_proj, self.model.param_proj]

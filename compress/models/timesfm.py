@@ -22,7 +22,7 @@ from torch import nn
 
 from .base import Forecaster, register
 
-__all__ = ["TimesFMForecaster", "SIZES", "opaque_while_traced", "remove_opaque_hooks"]
+__all__ = ["TimesFMForecaster", "SIZES"]
 
 SIZES = {
     "tiny": dict(
@@ -44,71 +44,6 @@ SIZES = {
 }
 
 _ALIASES = {"horizon": "horizon_length"}
-
-
-# --- tracing attention as one opaque node ----------------------------------------------
-# compress.graph registers every recognised attention module as one customised node, but
-# torch-pruning still walks the autograd graph *inside* it (from the output projection back
-# to the inputs). RoPE's rotate_half (`cat(-x2, x1)` on head_dim, TimesFM) and einops
-# rearranges over heads (Moirai) then reach torch-pruning's cat/split index mapping with no
-# channel count and the build fails. While (and only while) the dependency graph traces the
-# model, these hooks give the attention output a grad_fn that links straight to the module's
-# tensor inputs, so the inside is never traced; calibration forwards are untouched.
-class _Opaque(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, out, *inputs):  # `out` is detached: only `inputs` are linked
-        ctx.n = len(inputs)
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (None,) * (ctx.n + 1)
-
-
-def _tracing(module: nn.Module) -> bool:
-    # torch-pruning's DependencyGraph._trace hooks every customised module with this function
-    return any(getattr(h, "__name__", "") == "_record_grad_fn" for h in module._forward_hooks.values())
-
-
-def _tensor_inputs(args, kwargs) -> list:
-    seen, out = set(), []
-    for t in list(args) + list(kwargs.values()):
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad and id(t) not in seen:
-            seen.add(id(t))
-            out.append(t)
-    return out
-
-
-def _opaque_hook(module, args, kwargs, output):
-    if not torch.is_grad_enabled() or not _tracing(module):
-        return None
-    inputs = _tensor_inputs(args, kwargs)
-    if not inputs:
-        return None
-    if isinstance(output, torch.Tensor):
-        return _Opaque.apply(output.detach(), *inputs)
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return (_Opaque.apply(output[0].detach(), *inputs),) + tuple(output[1:])
-    return None
-
-
-def opaque_while_traced(model: nn.Module, types: tuple) -> int:
-    """Hook every module of `types` in `model` so tracing sees it as one opaque op."""
-    n = 0
-    for m in model.modules():
-        if isinstance(m, types) and _opaque_hook not in m._forward_hooks.values():
-            m.register_forward_hook(_opaque_hook, with_kwargs=True)
-            n += 1
-    return n
-
-
-def remove_opaque_hooks(model: nn.Module) -> None:
-    for m in model.modules():
-        for key, fn in list(m._forward_hooks.items()):
-            if fn is _opaque_hook:
-                del m._forward_hooks[key]
-                m._forward_hooks_with_kwargs.pop(key, None)
-                m._forward_hooks_always_called.pop(key, None)
 
 
 def _native(config: dict) -> dict:
@@ -182,13 +117,12 @@ class TimesFMForecaster(Forecaster):
         return [m for m in self.model.modules() if isinstance(m, TimesFm2_5Attention)]
 
     def prepare_for_pruning(self) -> None:
-        """Per-layer head counts, and attention traced as one node (RoPE's cat breaks tracing).
+        """Per-layer head counts (compress.graph traces recognised attention as one node,
+        so RoPE's cat inside it never reaches torch-pruning).
 
         The attention forward views q/k/v as (-1, head_dim), so it adapts to fewer heads by
         itself; `scaling`, q_norm and k_norm act on head_dim, which whole-head pruning keeps.
         """
-        from transformers.models.timesfm2_5.modeling_timesfm2_5 import TimesFm2_5Attention
-
         for m in self._attention_layers():
             if not isinstance(getattr(m, "num_heads", None), int):
                 m.num_heads = m.q_proj.out_features // m.head_dim
@@ -196,10 +130,8 @@ class TimesFMForecaster(Forecaster):
                 m.num_key_value_heads = m.k_proj.out_features // m.head_dim
             if m.num_heads != m.num_key_value_heads:  # grouped-query: k/v heads are shared
                 raise NotImplementedError("timesfm: head pruning with num_key_value_heads != num_attention_heads")
-        opaque_while_traced(self, (TimesFm2_5Attention,))
 
     def after_prune(self) -> None:
-        remove_opaque_hooks(self)
         layers = self._attention_layers()
         for m in layers:
             m.num_key_value_heads = m.num_heads = m.q_proj.out_features // m.head_dim

@@ -7,8 +7,9 @@ Example:
 """
 from . import criteria, graph, models, strategies
 from .api import prune
+from .finetune import evaluate, finetune
 
-__all__ = ["prune", "criteria", "strategies", "graph", "models", "measure", "Measurement", "data"]
+__all__ = ["prune", "finetune", "evaluate", "criteria", "strategies", "graph", "models", "measure", "Measurement", "data"]
 __version__ = "0.1.0"
 
 

@@ -279,3 +279,14 @@ def test_saved_forecaster_loads_back_with_the_same_forecasts(family, tmp_path):
     x = batch(model)
     with torch.no_grad():
         assert torch.allclose(model(x), again(x))
+
+
+def test_shipped_ttm_reproduces_its_published_zero_shot_ettH1_mse():
+    pytest.importorskip("tsfm_public", reason="granite-tsfm not installed")
+    import compress
+
+    model = compress.models.load("ttm")
+    test = compress.data.load("ETTh1", context_length=512, horizon=96, split="test")
+    r = compress.evaluate(model, test, batch_size=256)
+    assert r["n_windows"] == 2785
+    assert abs(r["mse"] - 0.363) <= 0.005, r

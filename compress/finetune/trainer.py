@@ -1,0 +1,236 @@
+"""Recovery training after pruning, and evaluation.
+
+`finetune` is a plain, deterministic PyTorch loop (AdamW, early stopping on validation
+loss, best weights restored, a tqdm progress bar): small enough that a wrapper library
+would add more than it saves, and it must keep the zeros of unstructured pruning in place
+(`keep_sparsity`), which generic trainers do not.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["FinetuneConfig", "finetune", "evaluate"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of `finetune`, validated on construction.
+
+    Args:
+        epochs: maximum passes over the training windows.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: windows per step.
+        patience: stop after this many epochs without a better validation loss.
+        max_steps: stop after this many optimiser steps in total (None: no limit).
+        max_train_batches: batches per epoch (None: the whole training split).
+        max_val_batches: validation batches per check (None: the whole split).
+        seed: seeds shuffling and initialisation of anything random.
+        keep_sparsity: weights that are exactly zero before training stay zero.
+        progress: show a progress bar.
+    """
+
+    epochs: int = 10
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    patience: int = 3
+    max_steps: Optional[int] = None
+    max_train_batches: Optional[int] = None
+    max_val_batches: Optional[int] = None
+    seed: int = 0
+    keep_sparsity: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (0 if name == "patience" else 1):
+                raise ValueError(f"finetune: {name}={v!r} must be a positive integer")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"finetune: lr={self.lr!r} must be a positive number")
+        for name in ("max_steps", "max_train_batches", "max_val_batches"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"finetune: {name}={v!r} must be a positive integer or None")
+
+
+def _batches(data, batch_size: int, shuffle: bool, seed: int, limit: Optional[int]):
+    if hasattr(data, "loader"):  # a compress.data.WindowDataset
+        it = data.loader(batch_size=batch_size, shuffle=shuffle, seed=seed)
+    elif isinstance(data, torch.utils.data.Dataset):
+        g = torch.Generator().manual_seed(seed)
+        it = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g)
+    else:  # an iterable of (past, future) batches
+        it = data
+    for i, batch in enumerate(it):
+        if limit is not None and i >= limit:
+            break
+        yield batch
+
+
+def _check_data(name: str, data) -> None:
+    if data is None:
+        raise ValueError(f"{name} data is missing: pass compress.data.load(..., split={name!r}) or (past, future) batches")
+    try:
+        n = len(data)
+    except TypeError:
+        return
+    if n == 0:
+        raise ValueError(f"{name} data is empty (0 windows): check context_length + horizon against the split length")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, *, batch_size: int = 64, limit: Optional[int] = None) -> Dict[str, float]:
+    """MSE and MAE of the point forecast on (scaled) windows.
+
+    Args:
+        model: a forecaster `past[B, L, C] -> [B, H, C]`.
+        data: a `compress.data` dataset, a torch Dataset of (past, future), or batches.
+        batch_size: windows per forward.
+        limit: evaluate at most this many batches.
+
+    Returns:
+        {"mse": ..., "mae": ..., "n_windows": ...}, averaged over every value.
+
+    Example:
+        >>> test = compress.data.load("ETTh1", 512, 96, "test")       # doctest: +SKIP
+        >>> compress.evaluate(compress.models.load("ttm"), test)["mse"]  # doctest: +SKIP
+        0.3628...
+    """
+    _check_data("test", data)
+    was = model.training
+    model.eval()
+    se = ae = count = windows = 0.0
+    try:
+        for past, future in _batches(data, batch_size, False, 0, limit):
+            pred = model(past)
+            if pred.shape != future.shape:
+                raise ValueError(f"model predicts {tuple(pred.shape)} but the data's targets are {tuple(future.shape)}: "
+                                 "load the data with the model's context_length and horizon")
+            err = pred.float() - future.float()
+            se += float(err.pow(2).sum())
+            ae += float(err.abs().sum())
+            count += err.numel()
+            windows += past.shape[0]
+    finally:
+        model.train(was)
+    if count == 0:
+        raise ValueError("evaluation saw no windows")
+    return {"mse": se / count, "mae": ae / count, "n_windows": int(windows)}
+
+
+def _sparsity_masks(model: nn.Module) -> Dict[nn.Parameter, torch.Tensor]:
+    masks = {}
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d)):
+            zero = m.weight.detach() == 0
+            if zero.any():
+                masks[m.weight] = zero
+    return masks
+
+
+def finetune(model: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-4, patience: int = 3,
+             batch_size: int = 32, loss_fn: Optional[Callable] = None, inplace: bool = False,
+             config: Optional[FinetuneConfig] = None, **options) -> nn.Module:
+    """Train a (pruned) forecaster to recover accuracy, with early stopping on validation loss.
+
+    Args:
+        model: the forecaster to train.
+        train, val: `compress.data.load(...)` datasets (or torch Datasets / batch lists).
+        epochs, lr, patience, batch_size: see `FinetuneConfig` (also `weight_decay`,
+            `max_steps`, `max_train_batches`, `max_val_batches`, `seed`, `keep_sparsity`,
+            `progress` through **options).
+        loss_fn: training loss `loss_fn(prediction, target)` (MSE).
+        inplace: train `model` itself instead of a copy.
+        config: a ready `FinetuneConfig` (overrides the keyword settings).
+
+    Returns:
+        The model with the weights of its best validation epoch; `finetune_history`
+        records per-epoch train/val losses.
+
+    Example:
+        >>> small = compress.finetune(small, train, val, epochs=5, lr=1e-4)   # doctest: +SKIP
+    """
+    cfg = config or FinetuneConfig(epochs=epochs, lr=lr, patience=patience, batch_size=batch_size, **options)
+    _check_data("train", train)
+    _check_data("val", val)
+    loss_fn = loss_fn or nn.functional.mse_loss
+    if not inplace:
+        model = copy.deepcopy(model)
+    torch.manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("finetune: the model has no trainable parameters")
+    masks = _sparsity_masks(model) if cfg.keep_sparsity else {}
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_state, bad, steps, history = float("inf"), None, 0, 0, []
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    def val_loss() -> float:
+        r = evaluate(model, val, batch_size=cfg.batch_size, limit=cfg.max_val_batches)
+        return r["mse"] if loss_fn is nn.functional.mse_loss else _mean_loss(model, val, loss_fn, cfg)
+
+    start = val_loss()
+    history.append({"epoch": 0, "train": None, "val": start})
+    best, best_state = start, copy.deepcopy(model.state_dict())
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        total, n = 0.0, 0
+        batches = _batches(train, cfg.batch_size, True, cfg.seed + epoch, cfg.max_train_batches)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
+                   disable=not cfg.progress) if tqdm else batches
+        for past, future in bar:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(past), future)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"finetune: the training loss became {loss.item()} at step {steps}; lower lr")
+            loss.backward()
+            opt.step()
+            if masks:
+                with torch.no_grad():
+                    for p, m in masks.items():
+                        p.masked_fill_(m, 0.0)
+            total += float(loss.detach()) * past.shape[0]
+            n += past.shape[0]
+            steps += 1
+            if tqdm and cfg.progress:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                break
+        v = val_loss()
+        history.append({"epoch": epoch, "train": total / max(n, 1), "val": v})
+        if cfg.progress:
+            print(f"[compress.finetune] epoch {epoch}: train {total / max(n, 1):.4f}  val {v:.4f}", file=sys.stderr)
+        if v < best - 1e-9:
+            best, best_state, bad = v, copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad > cfg.patience:
+                break
+        if cfg.max_steps is not None and steps >= cfg.max_steps:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    model.finetune_history = history
+    return model
+
+
+@torch.no_grad()
+def _mean_loss(model, data, loss_fn, cfg) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for past, future in _batches(data, cfg.batch_size, False, 0, cfg.max_val_batches):
+        total += float(loss_fn(model(past), future)) * past.shape[0]
+        n += past.shape[0]
+    return total / max(n, 1)

@@ -1,0 +1,81 @@
+"""compress.finetune / compress.evaluate on tiny models and synthetic data."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import compress
+from compress.data import from_array, synthetic
+from tiny import TinyForecaster
+
+
+def splits(L=16, H=4):
+    arr = synthetic(length=1200, n_channels=3, seed=1, seasonalities=(12,), noise=0.05)
+    return [from_array(arr, L, H, split=s) for s in ("train", "val", "test")]
+
+
+def test_evaluate_matches_a_hand_computed_mse_and_mae():
+    train, val, test = splits()
+    model = TinyForecaster().eval()
+    r = compress.evaluate(model, test, batch_size=50)
+    preds, ys = [], []
+    with torch.no_grad():
+        for i in range(len(test)):
+            x, y = test[i]
+            preds.append(model(x[None])[0])
+            ys.append(y)
+    err = torch.stack(preds) - torch.stack(ys)
+    assert r["n_windows"] == len(test)
+    assert r["mse"] == pytest.approx(float(err.pow(2).mean()), rel=1e-5)
+    assert r["mae"] == pytest.approx(float(err.abs().mean()), rel=1e-5)
+
+
+def test_finetune_lowers_validation_loss_and_leaves_the_input_alone():
+    train, val, test = splits()
+    model = TinyForecaster()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = compress.finetune(model, train, val, epochs=3, lr=3e-3, batch_size=32, max_train_batches=15,
+                              progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    h = tuned.finetune_history
+    assert min(e["val"] for e in h[1:]) < h[0]["val"]
+    assert compress.evaluate(tuned, test)["mse"] < compress.evaluate(model, test)["mse"]
+
+
+def test_finetune_is_deterministic():
+    train, val, _ = splits()
+    m = TinyForecaster()
+    x = compress.finetune(m, train, val, epochs=1, lr=1e-3, max_train_batches=5, progress=False)
+    y = compress.finetune(m, train, val, epochs=1, lr=1e-3, max_train_batches=5, progress=False)
+    assert all(torch.equal(x.state_dict()[k], y.state_dict()[k]) for k in x.state_dict())
+    assert not all(torch.equal(x.state_dict()[k], m.state_dict()[k]) for k in x.state_dict())
+
+
+def test_finetune_keeps_unstructured_zeros():
+    train, val, _ = splits()
+    small = compress.prune(TinyForecaster(), "magnitude", ratio=0.6, strategy="unstructured",
+                           example_inputs=torch.randn(2, 16, 3))
+    zeros = {n: (p == 0) for n, p in small.named_parameters() if p.dim() == 2 and (p == 0).any()}
+    tuned = compress.finetune(small, train, val, epochs=1, lr=1e-2, max_train_batches=5, progress=False)
+    params = dict(tuned.named_parameters())
+    assert all(bool((params[n][m] == 0).all()) for n, m in zeros.items())
+
+
+def test_bad_settings_and_empty_data_are_rejected():
+    train, val, _ = splits()
+    with pytest.raises(ValueError, match="lr"):
+        compress.finetune(TinyForecaster(), train, val, lr=-1)
+    with pytest.raises(ValueError, match="epochs"):
+        compress.finetune(TinyForecaster(), train, val, epochs=0)
+    with pytest.raises(ValueError, match="empty"):
+        compress.finetune(TinyForecaster(), train, [], epochs=1)
+    with pytest.raises(ValueError, match="targets"):
+        compress.evaluate(TinyForecaster(H=5), val)
+
+
+def test_import_compress_stays_light():
+    code = ("import sys, compress; heavy = [m for m in ('transformers', 'tsfm_public', 'chronos', 'momentfm', "
+            "'uni2ts', 'timesfm', 'matplotlib', 'pandas') if m in sys.modules]; print(heavy); assert not heavy")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -247,6 +247,18 @@ def _call(model: nn.Module, example_inputs: Any) -> Callable[[], Any]:
     return lambda: model(example_inputs)
 
 
+@contextlib.contextmanager
+def _frozen(model: nn.Module):
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, r in flags:
+            p.requires_grad_(r)
+
+
 def count_flops(model: Callable[..., Any], example_inputs: Any, *,
                 by_op: bool = False) -> int | dict[str, int]:
     """FLOPs (2 x multiply-accumulates) of one forward, gaps of FlopCounterMode filled.
@@ -629,7 +641,10 @@ def measure(
     try:
         model.eval()
         torch.set_num_threads(threads)
-        with torch.no_grad():
+        with torch.no_grad(), _frozen(model):
+            # frozen: a view of a parameter taken under no_grad still "requires grad" without
+            # a grad_fn, which FlopCounterMode's module tracker rejects (Crossformer's
+            # expanded position tables); nothing here needs gradients
             flops = count_flops(model, example_inputs)  # also a first warm-up forward
             if memory:
                 if device.type == "cuda":

@@ -316,3 +316,17 @@ def test_as_dict_has_every_field():
         "params", "nonzero_params", "density", "prunable_params", "prunable_density", "flops",
         "latency_ms", "latency_iqr_ms", "threads", "peak_memory_mb",
     }
+
+
+def test_flops_count_a_model_that_expands_a_parameter_table():
+    class PosTable(nn.Module):  # Crossformer-style: a parameter view taken under no_grad
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.randn(1, 4, 8))
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):  # [B, 4, 8]
+            return self.lin(x + self.pos.expand(x.shape[0], -1, -1))
+
+    m = measure(PosTable(), torch.randn(3, 4, 8), latency=False, memory=False)
+    assert m.flops == 2 * 3 * 4 * 8 * 8

@@ -205,13 +205,9 @@ def _generic_qkvo(module: nn.Module, hint: Optional[int]) -> Optional[AttentionS
     return AttentionSpec(module, n, q, k, v, o, per_head)
 
 
-def _torch_mha(module: nn.Module, hint: Optional[int]) -> Optional[AttentionSpec]:
-    # nn.MultiheadAttention assumes q/k/v width == embed_dim, so heads cannot be removed in
-    # place: the graph swaps it for `MultiheadAttention` below before recognising it.
-    return None
-
-
-_RECOGNIZERS.extend([_generic_qkvo, _torch_mha])
+# nn.MultiheadAttention assumes q/k/v width == embed_dim, so its heads cannot be removed in
+# place: `build` swaps it for the `MultiheadAttention` drop-in below, which this recognises.
+_RECOGNIZERS.append(_generic_qkvo)
 
 
 def recognize(module: nn.Module, hint: Optional[int] = None) -> Optional[AttentionSpec]:

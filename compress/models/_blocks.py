@@ -552,3 +552,29 @@ class DecompDecoder(nn.Module):
         if self.projection is not None:
             x = self.projection(x)
         return x, trend
+
+
+class DecompositionNet(nn.Module):
+    """Shared forward of the decomposition forecasters (Autoformer, FEDformer).
+
+    Subclasses build `decomp`, `enc_embedding`, `dec_embedding`, `encoder`, `decoder`
+    (a `DecompDecoder`) and set `label_len`, `pred_len`. The decoder starts from the last
+    `label_len` seasonal steps (zeros ahead) and trend steps (the context mean ahead).
+    """
+
+    def protected_modules(self) -> List[nn.Module]:
+        return ([self.enc_embedding.value_embedding.tokenConv, self.dec_embedding.value_embedding.tokenConv,
+                 self.decoder.projection] + [layer.projection for layer in self.decoder.layers])
+
+    def forward(self, x_enc: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
+        B, L, C = x_enc.shape
+        mean = x_enc.mean(dim=1, keepdim=True).expand(B, self.pred_len, C)
+        seasonal_init, trend_init = self.decomp(x_enc)
+        # cat([last label_len trend steps, mean]) and cat([last seasonal steps, zeros]), written
+        # as pads (torch-pruning reads every cat as a channel concatenation)
+        trend_init = (F.pad(trend_init[:, L - self.label_len:, :], (0, 0, 0, self.pred_len))
+                      + F.pad(mean, (0, 0, self.label_len, 0)))                           # [B, label+H, C]
+        seasonal_init = F.pad(seasonal_init[:, L - self.label_len:, :], (0, 0, 0, self.pred_len))
+        enc_out = self.encoder(self.enc_embedding(x_enc))                                 # [B, L, D]
+        seasonal_part, trend_part = self.decoder(self.dec_embedding(seasonal_init), enc_out, trend=trend_init)
+        return (trend_part + seasonal_part)[:, -self.pred_len:, :]

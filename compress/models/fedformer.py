@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import (AttentionLayer, ClassicConfig, ClassicForecaster, DataEmbedding, DecompDecoder,
+from ._blocks import (AttentionLayer, DecompositionNet, ClassicConfig, ClassicForecaster, DataEmbedding, DecompDecoder,
                       DecompDecoderLayer, DecompEncoderLayer, Encoder, MyLayerNorm, SeriesDecomp)
 from .base import register
 
@@ -189,7 +189,7 @@ class FourierCrossAttention(nn.Module):
         return out.permute(0, 3, 1, 2).contiguous()
 
 
-class FEDformerNet(nn.Module):
+class FEDformerNet(DecompositionNet):
     """FEDformer (Fourier): ``forward(past[B, L, C]) -> forecast[B, H, C]``."""
 
     def __init__(self, cfg: FEDformerConfig):
@@ -221,22 +221,6 @@ class FEDformerNet(nn.Module):
         self.encoder = Encoder(enc_layers, norm_layer=MyLayerNorm(d))
         self.decoder = DecompDecoder(dec_layers, norm_layer=MyLayerNorm(d),
                                      projection=nn.Linear(d, cfg.n_channels, bias=True))
-
-    def protected_modules(self) -> List[nn.Module]:
-        return ([self.enc_embedding.value_embedding.tokenConv, self.dec_embedding.value_embedding.tokenConv,
-                 self.decoder.projection] + [layer.projection for layer in self.decoder.layers])
-
-    def forward(self, x_enc: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
-        B, L, C = x_enc.shape
-        mean = x_enc.mean(dim=1, keepdim=True).expand(B, self.pred_len, C)
-        seasonal_init, trend_init = self.decomp(x_enc)
-        # cat([last label_len trend steps, mean]), written as pads
-        trend_init = (F.pad(trend_init[:, L - self.label_len:, :], (0, 0, 0, self.pred_len))
-                      + F.pad(mean, (0, 0, self.label_len, 0)))                           # [B, label+H, C]
-        seasonal_init = F.pad(seasonal_init[:, L - self.label_len:, :], (0, 0, 0, self.pred_len))
-        enc_out = self.encoder(self.enc_embedding(x_enc))                                 # [B, L, D]
-        seasonal_part, trend_part = self.decoder(self.dec_embedding(seasonal_init), enc_out, trend=trend_init)
-        return (trend_part + seasonal_part)[:, -self.pred_len:, :]
 
 
 @register("fedformer")

@@ -20,15 +20,20 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
           example_inputs=None, calibration: Optional[Iterable] = None, loss_fn: Optional[Callable] = None,
           steps: int = 1, scope: str = "layer", ignore: Sequence = (), heads: Optional[dict] = None,
           inplace: bool = False, *, units: Sequence[str] = ("ffn", "heads"), time_limit_s: float = 120.0,
-          verbose: bool = False) -> nn.Module:
+          verbose: bool = False, validation: Optional[Iterable] = None,
+          options: Optional[dict] = None) -> nn.Module:
     """Prune a forecaster with one call.
 
     Args:
         model: any `nn.Module` forecaster (a `compress.models.Forecaster` or your own).
         criterion: a name from `compress.criteria.available()` or a `Criterion` instance.
         ratio: fraction to remove, in [0, 1): of FFN channels and of heads ("structured"),
-            or of the prunable weights ("unstructured").
-        strategy: "structured" (the model really shrinks) or "unstructured" (exact zeros).
+            or of the prunable weights ("unstructured"); with "progressive" the *maximum*
+            fraction of each kind of unit that may be removed.
+        strategy: "structured" (the model really shrinks), "unstructured" (exact zeros) or
+            "progressive" (the prune-then-finetune paper's method: masks a fraction of the
+            surviving units per round, ranked globally, weights frozen, stops when the
+            validation loss stops improving, keeps the best round and cuts it out).
         example_inputs: inputs for tracing; defaults to the Forecaster's own example or
             the first calibration batch.
         calibration: `(inputs, target)` pairs for data-driven criteria (taylor, activation).
@@ -42,6 +47,15 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
         units: structured units to cut ("ffn", "heads").
         time_limit_s: abort graph building after this many seconds.
         verbose: print progress.
+        validation: `(inputs, target)` pairs whose loss (`loss_fn`, MSE by default) guides
+            strategies that stop on validation loss; required by "progressive".
+        options: strategy settings. "progressive": `step_fraction` (share of the surviving
+            units masked per round, 0.1), `patience` (rounds without a lower validation loss
+            before stopping, 1), `max_rounds` (None), `normalize` (None: raw scores ranked
+            across layers; "mean": each layer's scores divided by their mean absolute value),
+            `tolerance` (0.0: a round within this relative margin of the lowest validation
+            loss counts as a tie, and ties go to the more pruned round). The other
+            strategies take none.
 
     Returns:
         The pruned model (a copy unless `inplace`). Its `compress_pruning` attribute
@@ -61,16 +75,13 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
     strat = _strategies.get(strategy)
     if not isinstance(model, nn.Module):
         raise TypeError(f"prune() needs an nn.Module, got {type(model).__name__}")
-    if calibration is not None:
-        calibration = list(calibration)
-        if not calibration:
-            raise ValueError("calibration is empty: pass at least one (inputs, target) batch")
-        for i, batch in enumerate(calibration):
-            for t in split_batch(batch):
-                tensors = t.values() if isinstance(t, dict) else (t if isinstance(t, (tuple, list)) else [t])
-                for x in tensors:
-                    if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
-                        raise ValueError(f"calibration batch {i} contains NaN or Inf values; clean or drop them")
+    calibration = _checked_batches("calibration", calibration)
+    validation = _checked_batches("validation", validation)
+    if strat.requires_validation and not validation:
+        raise ValueError(f"strategy {strat.name!r} stops on validation loss: pass validation=[(inputs, target), ...] "
+                         "(e.g. compress.data.load(..., split='val').batches(32, limit=8))")
+    options = dict(options or {})
+    strat.check_options(options, config)
     if crit.requires_data and not calibration:
         raise ValueError(f"criterion {crit.name!r} is data-driven: pass calibration=[(inputs, target), ...] "
                          "(e.g. compress.data.load(...).batches(32, limit=8))")
@@ -96,8 +107,8 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
     if example_inputs is None:
         if hasattr(model, "example_inputs"):
             example_inputs = model.example_inputs()
-        elif calibration:
-            example_inputs = split_batch(calibration[0])[0]
+        elif calibration or validation:
+            example_inputs = split_batch((calibration or validation)[0])[0]
         else:
             raise ValueError("pass example_inputs (one input batch) so the model can be traced")
 
@@ -108,7 +119,8 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
     log = (lambda msg: print(f"[compress.prune] {msg}", file=sys.stderr)) if verbose else (lambda msg: None)
     ctx = PruneContext(config=config, example_inputs=example_inputs, calibration=calibration, loss_fn=loss_fn,
                        ignore=[by_name[n] for n in ignore_names],
-                       heads={by_name[n]: v for n, v in head_names.items()}, protected=protected, log=log)
+                       heads={by_name[n]: v for n, v in head_names.items()}, protected=protected, log=log,
+                       validation=validation, options=options)
     del by_name  # holds modules a strategy may replace (nn.MultiheadAttention): let them go
     summary = strat.run(model, crit, ctx)
     history = list(getattr(model, "compress_pruning", []))
@@ -118,3 +130,19 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
     if hasattr(model, "after_prune"):
         model.after_prune()
     return model
+
+
+def _checked_batches(name: str, batches: Optional[Iterable]) -> Optional[list]:
+    """`batches` as a list of (inputs, target) pairs with finite values, or None."""
+    if batches is None:
+        return None
+    batches = list(batches)
+    if not batches:
+        raise ValueError(f"{name} is empty: pass at least one (inputs, target) batch")
+    for i, batch in enumerate(batches):
+        for t in split_batch(batch):
+            tensors = t.values() if isinstance(t, dict) else (t if isinstance(t, (tuple, list)) else [t])
+            for x in tensors:
+                if isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+                    raise ValueError(f"{name} batch {i} contains NaN or Inf values; clean or drop them")
+    return batches

@@ -25,6 +25,7 @@ import contextlib
 import math
 import signal
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -613,8 +614,6 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
         prune_heads: find attention-head groups.
         time_limit_s: abort graph building after this many seconds.
     """
-    import time
-
     t0 = time.perf_counter()
     # tracing keeps every activation for a backward pass: two samples show the same graph
     if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() > 1 and example_inputs.shape[0] > 2:
@@ -639,7 +638,7 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
             head_attr[m], v = v, getattr(m, v)
         hints[m] = int(v)
 
-    del by_name
+    by_name.clear()  # it holds modules the MHA swap replaces: let them go
     if prune_heads:
         swap_torch_mha(model)
         names = _module_names(model)

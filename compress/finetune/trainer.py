@@ -11,7 +11,7 @@ import copy
 import math
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn

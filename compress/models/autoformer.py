@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List
 
 import torch
 import torch.nn.functional as F

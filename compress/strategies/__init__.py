@@ -1,6 +1,7 @@
-"""Pruning strategies, by name: `structured` (channels, heads), `unstructured` (weights)."""
+"""Pruning strategies, by name: `structured` (channels, heads), `unstructured` (weights),
+`progressive` (loss-guided masks, validation stopping: the prune-then-finetune method)."""
 from .base import PruneConfig, PruneContext, Strategy, available, get, register
-from . import structured, unstructured  # noqa: F401  (registration)
+from . import progressive, structured, unstructured  # noqa: F401  (registration)
 from .unstructured import load_sparse_state_dict, sparse_state_dict
 
 __all__ = ["PruneConfig", "PruneContext", "Strategy", "available", "get", "register",

@@ -77,10 +77,19 @@ class PruneContext:
     heads: Optional[dict] = None
     protected: Optional[List[nn.Module]] = None
     log: Callable[[str], None] = field(default=lambda msg: None)
+    validation: Optional[list] = None  # (inputs, target) pairs, for strategies that stop on validation loss
+    options: dict = field(default_factory=dict)  # strategy-specific settings (`Strategy.check_options`)
 
 
 class Strategy:
     name: ClassVar[str] = "base"
+    #: True if the strategy needs `validation` batches (`compress.prune` checks it)
+    requires_validation: ClassVar[bool] = False
+
+    def check_options(self, options: dict, config: PruneConfig) -> None:
+        """Raise `ValueError` for settings this strategy does not take (default: none)."""
+        if options:
+            raise ValueError(f"strategy {self.name!r} takes no options; got {', '.join(sorted(options))}")
 
     def run(self, model: nn.Module, criterion, ctx: PruneContext) -> dict:
         """Prune `model` in place; return a summary dict."""

@@ -1,0 +1,223 @@
+"""Sparsity analyses: is a (pretrained) forecaster sparse and redundant on a given task?
+
+The evidence the prune-then-finetune paper (Zhao et al., NeurIPS 2025) gives that TSFMs
+are prunable, measured per layer on your data:
+
+* `activation_sparsity`: the share of FFN channels whose activation probability (share
+  of tokens on which the channel's activation, the input of the down projection, is > 0)
+  is below a threshold (5%): channels that hardly ever fire.
+* `head_output_norms`: each head's mean output norm (its contribution through the output
+  projection) relative to the norm of the attention input: heads that hardly contribute.
+* `importance_distribution`: the importance scores of every unit (the second-order Taylor
+  estimate by default): how many units the loss barely depends on.
+
+All three read the model through `compress.graph.build` (the same FFN and head groups the
+pruning strategies cut) and the `activation` / `taylor` criteria, on a copy of the model.
+The `plot_*` functions write PNGs; matplotlib is imported only inside them.
+
+Example:
+    >>> from compress import analysis                                           # doctest: +SKIP
+    >>> batches = compress.data.load("ETTh1", 512, 96, "val").batches(32, limit=4)  # doctest: +SKIP
+    >>> analysis.plot_activation_sparsity(analysis.activation_sparsity(model, batches), "sparsity.png")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from . import criteria as _criteria
+from . import graph as G
+from .criteria.base import split_batch
+
+__all__ = ["activation_probability", "activation_sparsity", "head_output_norms", "importance_distribution",
+           "plot_activation_sparsity", "plot_head_norms", "plot_importance"]
+
+
+def _traced(model: nn.Module, batches: Sequence, kinds: Tuple[str, ...], ignore=(), heads=None):
+    """A copy of `model` (tracing may swap `nn.MultiheadAttention`) and its groups of `kinds`."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("batches is empty: pass at least one (inputs, target) batch, e.g. "
+                         "compress.data.load(..., split='val').batches(32, limit=4)")
+    model = copy.deepcopy(model)
+    example = model.example_inputs() if hasattr(model, "example_inputs") else split_batch(batches[0])[0]
+    if hasattr(model, "prepare_for_pruning"):
+        model.prepare_for_pruning()
+    pg = G.build(model, example, ignore=ignore, heads=heads, prune_heads="heads" in kinds)
+    order = {id(m): i for i, m in enumerate(model.modules())}
+    groups = sorted((g for g in pg.groups if g.kind in kinds), key=lambda g: order.get(id(g.site), 0))  # layer order
+    if not groups:
+        raise G.GraphBuildError(f"no {' or '.join(kinds)} units found in {type(model).__name__}")
+    return model, groups, batches
+
+
+def activation_probability(model: nn.Module, batches: Sequence, **trace) -> Dict[str, torch.Tensor]:
+    """Per FFN group: each channel's activation probability (share of tokens with activation > 0).
+
+    Example:
+        >>> probs = activation_probability(model, batches)   # {"blocks.0.fc1.ffn": tensor([...]), ...}  # doctest: +SKIP
+    """
+    model, groups, batches = _traced(model, batches, ("ffn",), **trace)
+    crit = _criteria.get("activation").calibrate(model, batches, groups=groups)
+    return {g.name: crit.score(g) for g in groups}
+
+
+def activation_sparsity(model: nn.Module, batches: Sequence, threshold: float = 0.05, **trace) -> Dict[str, float]:
+    """Per FFN layer: the share of channels whose activation probability is below `threshold`.
+
+    Args:
+        model: a forecaster (not modified).
+        batches: `(inputs, target)` pairs, e.g. `compress.data.load(...).batches(32, limit=4)`.
+        threshold: activation-probability threshold (the paper's 5%).
+        **trace: `ignore=`, `heads=` as in `compress.prune`.
+
+    Returns:
+        `{ffn group name: share in [0, 1]}` in layer order.
+
+    Example:
+        >>> activation_sparsity(model, batches)   # {"blocks.0.fc1.ffn": 0.41, ...}  # doctest: +SKIP
+    """
+    return {name: float((p < threshold).float().mean()) for name, p in
+            activation_probability(model, batches, **trace).items()}
+
+
+def head_output_norms(model: nn.Module, batches: Sequence, **trace) -> Dict[str, torch.Tensor]:
+    """Per attention layer: each head's mean output norm relative to the attention input's norm.
+
+    A head's output is its contribution through the output projection (W_o[:, head] @ x_head),
+    averaged over tokens, divided by the mean norm of the attention module's input (the
+    `activation` criterion's head score).
+
+    Returns:
+        `{attention group name: tensor [n_heads]}`.
+
+    Example:
+        >>> head_output_norms(model, batches)   # {"blocks.0.attn.heads": tensor([0.31, 0.02, ...]), ...}  # doctest: +SKIP
+    """
+    model, groups, batches = _traced(model, batches, ("heads",), **trace)
+    crit = _criteria.get("activation").calibrate(model, batches, groups=groups)
+    return {g.name: crit.score(g) for g in groups}
+
+
+def importance_distribution(model: nn.Module, batches: Sequence, criterion="taylor",
+                            units: Sequence[str] = ("ffn", "heads"), loss_fn=None, **trace) -> Dict[str, torch.Tensor]:
+    """Per unit group: the importance scores of its units.
+
+    Args:
+        criterion: a criterion name or instance; "taylor" is the paper's second-order
+            estimate on unit masks (`taylor`, `order=2`, `ema=0.9`).
+        units: which groups to score ("ffn", "heads").
+        loss_fn: loss for loss-guided criteria (MSE by default).
+
+    Returns:
+        `{group name: tensor [n units]}` (higher = more important).
+
+    Example:
+        >>> scores = importance_distribution(model, batches)   # doctest: +SKIP
+    """
+    crit = _criteria.get("taylor", order=2, ema=0.9) if criterion == "taylor" else _criteria.get(criterion)
+    model, groups, batches = _traced(model, batches, tuple(units), **trace)
+    crit.calibrate(model, batches, groups=groups, loss_fn=loss_fn)
+    return {g.name: crit.score(g).detach().float() for g in groups}
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
+    except ImportError:  # pragma: no cover
+        raise ImportError("the compress.analysis plots need matplotlib: pip install 'compress[bench]'") from None
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _short(names: Sequence[str]) -> list:
+    return [n.rsplit(".", 1)[0] for n in names]
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_activation_sparsity(sparsity: Dict[str, float], path, *, threshold: float = 0.05,
+                             title: Optional[str] = None) -> Path:
+    """Bar chart of `activation_sparsity` per layer, written to `path` (PNG).
+
+    Example:
+        >>> plot_activation_sparsity(activation_sparsity(model, batches), "sparsity.png")  # doctest: +SKIP
+    """
+    if not sparsity:
+        raise ValueError("nothing to plot: sparsity is empty")
+    names = list(sparsity)
+    fig, ax = _figure(max(5.0, 0.45 * len(names) + 2), 3.6)
+    ax.bar(range(len(names)), [100 * sparsity[n] for n in names], color="#4C72B0")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(_short(names), rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(f"FFN channels with P(active) < {threshold:.0%} (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "Low-activation FFN channels per layer")
+    return _save(fig, path)
+
+
+def plot_head_norms(norms: Dict[str, torch.Tensor], path, *, title: Optional[str] = None) -> Path:
+    """Box plot (with the heads as dots) of `head_output_norms` per layer, written to `path`.
+
+    Example:
+        >>> plot_head_norms(head_output_norms(model, batches), "heads.png")  # doctest: +SKIP
+    """
+    if not norms:
+        raise ValueError("nothing to plot: norms is empty")
+    names = list(norms)
+    data = [torch.as_tensor(norms[n]).float().numpy() for n in names]
+    fig, ax = _figure(max(5.0, 0.45 * len(names) + 2), 3.6)
+    ax.boxplot(data, positions=list(range(len(names))), widths=0.6, showfliers=False)
+    for i, d in enumerate(data):
+        ax.scatter([i] * len(d), d, s=8, alpha=0.6, color="#DD8452", zorder=3)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(_short(names), rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("head output norm / input norm")
+    ax.set_title(title or "Relative output norm of attention heads per layer")
+    return _save(fig, path)
+
+
+def plot_importance(scores: Dict[str, torch.Tensor], path, *, bins: int = 50, title: Optional[str] = None) -> Path:
+    """Histogram of `importance_distribution` scores, FFN channels and heads apart, written to `path`.
+
+    The y axis is logarithmic (most units score near zero). Taylor scores can be negative:
+    removing such a unit is estimated to lower the loss.
+
+    Example:
+        >>> plot_importance(importance_distribution(model, batches), "importance.png")  # doctest: +SKIP
+    """
+    if not scores:
+        raise ValueError("nothing to plot: scores is empty")
+    by_kind: Dict[str, list] = {}
+    for name, s in scores.items():
+        kind = "heads" if name.endswith(".heads") else "FFN channels" if name.endswith(".ffn") else "units"
+        by_kind.setdefault(kind, []).append(torch.as_tensor(s).float().flatten())
+    fig, ax = _figure(6.0, 3.6)
+    all_s = torch.cat([torch.cat(v) for v in by_kind.values()])
+    lo, hi = float(all_s.min()), float(all_s.max())
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    colors = {"FFN channels": "#4C72B0", "heads": "#DD8452", "units": "#55A868"}
+    for kind, parts in by_kind.items():
+        s = torch.cat(parts).numpy()
+        ax.hist(s, bins=bins, range=(lo, hi), alpha=0.6, label=f"{kind} ({len(s)})", color=colors[kind])
+    ax.set_yscale("log")
+    ax.set_xlabel("importance score (higher = keep)")
+    ax.set_ylabel("units")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Distribution of importance scores")
+    return _save(fig, path)

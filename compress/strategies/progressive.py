@@ -1,0 +1,270 @@
+"""Progressive, loss-guided pruning with validation stopping (the prune-then-finetune method).
+
+The method of Zhao et al. (NeurIPS 2025), as its authors implement it: 0/1 masks on FFN
+intermediate channels and attention heads, applied at each unit group's `site` (the
+input of the down / output projection), weights frozen. Each round
+
+1. calibrates the criterion with the current masks applied (default: second-order
+   Taylor on the masks, Σ_samples(-g + g²/2), smoothed by an EMA across batches),
+2. ranks the surviving units of each kind *globally* across layers and masks the
+   lowest-scored `step_fraction` of them (never the last unit of a group, never more than
+   `max_ratio` of a kind),
+3. measures the validation loss with the masks applied.
+
+It stops when the validation loss has not improved for `patience` rounds, when
+`max_ratio` is reached or after `max_rounds`; the mask set with the lowest validation
+loss (round 0 = nothing masked included; ties go to the more pruned round) is then cut
+out physically with `PruningGraph.prune_group`, so the returned model computes exactly
+what the masked model computed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .. import graph as G
+from ..criteria.base import default_loss, site_channel_dim, split_batch
+from .base import PruneConfig, PruneContext, Strategy, checked_scores, register
+
+__all__ = ["Progressive", "ProgressiveConfig", "apply_masks", "masked_loss"]
+
+
+@dataclass
+class ProgressiveConfig:
+    """Settings of the progressive strategy (`compress.prune(..., options={...})`).
+
+    Args:
+        max_ratio: the largest fraction of each kind of unit (FFN channels, heads) that
+            may be masked; `compress.prune`'s `ratio`.
+        step_fraction: share of the *surviving* units of each kind masked per round
+            (at least one unit while any may still go).
+        patience: stop after this many rounds in a row without a lower validation loss.
+        max_rounds: stop after this many rounds (None: until patience or max_ratio).
+        normalize: None ranks the raw scores across layers (a second-order Taylor score
+            is an estimate of the loss change, the same unit in every layer); "mean"
+            divides each group's surviving scores by their mean absolute value first.
+        tolerance: rounds whose validation loss is within `tolerance` (relative) of the
+            lowest count as tied with it; the most pruned of them is kept.
+    """
+
+    max_ratio: float = 0.5
+    step_fraction: float = 0.1
+    patience: int = 1
+    max_rounds: Optional[int] = None
+    normalize: Optional[str] = None
+    tolerance: float = 0.0
+
+    def __post_init__(self):
+        def number(name, lo, hi, lo_open=False, hi_open=False):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+                (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                raise ValueError(f"progressive: {name}={v!r} must be in {'(' if lo_open else '['}{lo}, "
+                                 f"{hi}{')' if hi_open else ']'}")
+            setattr(self, name, float(v))
+
+        number("max_ratio", 0.0, 1.0, hi_open=True)
+        number("step_fraction", 0.0, 1.0, lo_open=True)
+        number("tolerance", 0.0, math.inf, hi_open=True)
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"progressive: patience={self.patience!r} must be a positive integer")
+        if self.max_rounds is not None and (isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int)
+                                            or self.max_rounds < 1):
+            raise ValueError(f"progressive: max_rounds={self.max_rounds!r} must be a positive integer or None")
+        if self.normalize not in (None, "mean"):
+            raise ValueError(f"progressive: normalize={self.normalize!r} must be None or 'mean'")
+
+
+def apply_masks(masks: Dict[int, torch.Tensor], groups: Sequence[G.UnitGroup]) -> List:
+    """Register forward pre-hooks that multiply each group's units at its `site` by its mask.
+
+    Args:
+        masks: `{id(group): 0/1 tensor [group.n]}`; groups without an entry are left alone.
+        groups: the unit groups (FFN channels, heads) of one traced model.
+
+    Returns:
+        The hook handles (call `.remove()` on each to take the masks off).
+
+    Example:
+        >>> pg = compress.graph.build(model, x)                                        # doctest: +SKIP
+        >>> g = pg.groups[0]
+        >>> hooks = apply_masks({id(g): torch.tensor([1., 0.] + [1.] * (g.n - 2))}, [g])  # doctest: +SKIP
+    """
+    handles = []
+    for g in groups:
+        if id(g) in masks:
+            handles.append(g.site.register_forward_pre_hook(_mask_hook(g, masks[id(g)])))
+    return handles
+
+
+def _mask_hook(group: G.UnitGroup, mask: torch.Tensor):
+    def hook(module, args):
+        x = args[0]
+        cdim = site_channel_dim(module) % x.dim()
+        full = mask.to(dtype=x.dtype, device=x.device).repeat_interleave(group.width)  # [n*width]
+        shape = [1] * x.dim()
+        shape[cdim] = full.numel()
+        return (x * full.view(shape),) + tuple(args[1:])
+
+    return hook
+
+
+@torch.no_grad()
+def masked_loss(model: nn.Module, batches: Sequence, loss_fn: Optional[Callable] = None) -> float:
+    """Mean loss over `batches` of (inputs, target), weighted by target size, in eval mode."""
+    from ..criteria.base import forward_loss
+
+    loss_fn = loss_fn or default_loss
+    was = model.training
+    model.eval()
+    total = count = 0.0
+    try:
+        for batch in batches:
+            n = split_batch(batch)[1].numel()
+            total += float(forward_loss(model, batch, loss_fn)) * n
+            count += n
+    finally:
+        model.train(was)
+    return total / max(count, 1.0)
+
+
+@register
+class Progressive(Strategy):
+    """Mask a fraction of the surviving units per round, stop on validation loss, cut the best round."""
+
+    name = "progressive"
+    requires_validation = True
+
+    def check_options(self, options: dict, config: PruneConfig) -> None:
+        if "max_ratio" in options:
+            raise ValueError("progressive: pass the maximum ratio as prune(..., ratio=...), not in options")
+        try:
+            ProgressiveConfig(max_ratio=config.ratio, **options)
+        except TypeError:
+            known = ", ".join(f for f in ProgressiveConfig.__dataclass_fields__ if f != "max_ratio")
+            unknown = ", ".join(sorted(set(options) - set(ProgressiveConfig.__dataclass_fields__)))
+            raise ValueError(f"progressive: unknown option(s) {unknown}; known: {known}") from None
+
+    def run(self, model, criterion, ctx: PruneContext) -> dict:
+        cfg = ctx.config
+        pcfg = ProgressiveConfig(max_ratio=cfg.ratio, **ctx.options)
+        if hasattr(model, "prepare_for_pruning"):
+            model.prepare_for_pruning()
+        pg = G.build(model, ctx.example_inputs, ignore=ctx.ignore, heads=ctx.heads,
+                     protected=ctx.protected, prune_heads="heads" in cfg.units,
+                     time_limit_s=cfg.time_limit_s)
+        groups = [g for g in pg.groups if g.kind in cfg.units]
+        if not groups:
+            raise G.GraphBuildError(
+                f"no prunable {' or '.join(cfg.units)} units found in {type(model).__name__}: FFN blocks must be "
+                "Linear/Conv1d pairs and attention modules need q/k/v/output Linears and a head count "
+                "(pass heads={module: n}), or load the model through a compress.models adapter")
+        kinds = sorted({g.kind for g in groups})
+        total = {k: sum(g.n for g in groups if g.kind == k) for k in kinds}
+        budget = {k: int(math.floor(pcfg.max_ratio * total[k] + 1e-9)) for k in kinds}  # most units maskable
+        masks = {id(g): torch.ones(g.n) for g in groups}
+        hooks = apply_masks(masks, groups)  # the hooks read `masks` in place: updating them updates the model
+        requires = {p: p.requires_grad for p in model.parameters()}
+
+        def masked_of(kind):
+            return sum(int((masks[id(g)] == 0).sum()) for g in groups if g.kind == kind)
+
+        rounds = [{"round": 0, "val_loss": masked_loss(model, ctx.validation, ctx.loss_fn),
+                   "masked": {k: 0 for k in kinds}}]
+        snapshots = [{k: v.clone() for k, v in masks.items()}]
+        ctx.log(f"round 0: val loss {rounds[0]['val_loss']:.6g} (nothing masked)")
+        best, bad, stop = rounds[0]["val_loss"], 0, "max_ratio"
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)  # weights frozen: only masks move
+            while True:
+                if pcfg.max_rounds is not None and len(rounds) > pcfg.max_rounds:
+                    stop = "max_rounds"
+                    break
+                criterion.calibrate(model, ctx.calibration, groups=groups, loss_fn=ctx.loss_fn)
+                scores = {id(g): checked_scores(criterion, g) for g in groups}
+                newly = 0
+                for kind in kinds:
+                    newly += self._mask_round(kind, [g for g in groups if g.kind == kind], scores, masks,
+                                              budget[kind] - masked_of(kind), pcfg)
+                if newly == 0:
+                    stop = "max_ratio"  # the budget is spent or every group is down to one unit
+                    break
+                v = masked_loss(model, ctx.validation, ctx.loss_fn)
+                rounds.append({"round": len(rounds), "val_loss": v, "masked": {k: masked_of(k) for k in kinds}})
+                snapshots.append({k: m.clone() for k, m in masks.items()})
+                ctx.log(f"round {len(rounds) - 1}: masked {rounds[-1]['masked']} of {total}, val loss {v:.6g}")
+                if v < best:
+                    best, bad = v, 0
+                else:
+                    bad += 1
+                    if bad >= pcfg.patience:
+                        stop = "patience"
+                        break
+        finally:
+            for h in hooks:
+                h.remove()
+            for p, r in requires.items():
+                p.requires_grad_(r)
+            G.release_memory(model)
+
+        chosen = self.choose(rounds, pcfg.tolerance)
+        original = {id(g): g.n for g in groups}
+        removed = {}
+        for g in groups:
+            idxs = torch.nonzero(snapshots[chosen][id(g)] == 0).flatten().tolist()
+            removed[g.name] = idxs
+            pg.prune_group(g, idxs)
+        ctx.log(f"kept round {chosen} of {len(rounds) - 1} (stopped on {stop}); "
+                f"val loss {rounds[chosen]['val_loss']:.6g} vs {rounds[0]['val_loss']:.6g} unpruned")
+        return {"scope": "global", "steps": len(rounds) - 1, "rounds": rounds,
+                "val_loss": [r["val_loss"] for r in rounds], "chosen_round": chosen, "stopped": stop,
+                "options": {"step_fraction": pcfg.step_fraction, "patience": pcfg.patience,
+                            "max_rounds": pcfg.max_rounds, "normalize": pcfg.normalize,
+                            "tolerance": pcfg.tolerance},
+                "groups": {g.name: {"kind": g.kind, "before": original[id(g)], "after": g.n,
+                                    "removed": removed[g.name]} for g in groups},
+                "graph_seconds": pg.build_seconds}
+
+    @staticmethod
+    def choose(rounds: List[dict], tolerance: float = 0.0) -> int:
+        """Index of the round to keep: the most pruned among those whose validation loss is
+        within `tolerance` (relative) of the lowest; with tolerance 0, the lowest loss and, on
+        a tie, the later (more pruned) round."""
+        low = min(r["val_loss"] for r in rounds)
+        limit = low + tolerance * abs(low)
+        return max(i for i, r in enumerate(rounds) if r["val_loss"] <= limit)
+
+    @staticmethod
+    def _mask_round(kind, members, scores, masks, room: int, pcfg: ProgressiveConfig) -> int:
+        """Mask the lowest-scored `step_fraction` of the surviving units of one kind; return how many."""
+        alive = {id(g): masks[id(g)] > 0 for g in members}
+        surviving = sum(int(a.sum()) for a in alive.values())
+        k = min(room, max(1, math.ceil(pcfg.step_fraction * surviving - 1e-9)))
+        if k <= 0:
+            return 0
+        pool = []
+        for gi, g in enumerate(members):
+            s = scores[id(g)]
+            live = alive[id(g)]
+            if pcfg.normalize == "mean" and live.any():
+                s = s / s[live].abs().mean().clamp_min(1e-12)
+            pool += [(float(s[i]), gi, i) for i in torch.nonzero(live).flatten().tolist()]
+        pool.sort(key=lambda t: (t[0], t[1], t[2]))  # stable: layer order, then unit index, on equal scores
+        left = {id(g): int(alive[id(g)].sum()) for g in members}
+        done = 0
+        for _, gi, i in pool:
+            if done == k:
+                break
+            g = members[gi]
+            if left[id(g)] <= 1:
+                continue  # never empty a group
+            masks[id(g)][i] = 0.0
+            left[id(g)] -= 1
+            done += 1
+        return done

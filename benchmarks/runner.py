@@ -1,0 +1,404 @@
+"""The one benchmark runner: execute cells of a grid and append one JSON line per cell.
+
+Why one runner: every number in a report comes from the same code path (build the model,
+prune, optionally fine-tune, measure, evaluate), so comparisons across models, criteria and
+strategies are like for like. The results file is the only product; reports read nothing
+else (see `benchmarks.report`).
+
+Per (model, dataset, horizon) group the unpruned model is built once (from a checkpoint,
+from pretrained weights, or trained briefly inside the run and cached beside the results
+file). Each cell then:
+
+1. prunes a copy (`compress.prune`, calibration = shuffled training batches),
+2. fine-tunes it when the cell says so (`compress.finetune`, sparsity kept),
+3. measures it (`compress.measure.measure`, threads fixed, one fixed test batch) and
+   re-measures the unpruned model on the same batch right before, so that `speedup`
+   compares two timings taken moments apart in the same process,
+4. evaluates MSE / MAE on the (strided) test split,
+
+and appends a record (see `RECORD_FIELDS`). A cell whose key is already in the results
+file without an error is skipped (resume); a failing cell records its error and the grid
+goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+from .config import BASELINE, Cell, Config, ModelSpec, cell_key
+
+__all__ = ["run", "read_results", "done_keys", "RECORD_FIELDS", "TRAIN_HINT"]
+
+RECORD_FIELDS = (
+    "model", "family", "size", "dataset", "horizon", "context_length", "criterion", "strategy", "ratio",
+    "effective_ratio", "method", "finetuned", "seed", "params", "nonzero_params", "density", "prunable_density",
+    "relative_size", "flops", "flops_reduction", "latency_ms", "latency_iqr_ms", "baseline_latency_ms", "speedup",
+    "threads", "peak_memory_mb", "mse", "mae", "n_windows", "baseline_mse", "baseline_mae", "test_stride",
+    "finetune_epochs", "seconds", "error", "note", "config", "command", "commit", "time",
+)
+TRAIN_HINT = "python benchmarks/train_classic.py"
+
+
+# --- results file ------------------------------------------------------------------------
+def read_results(path: str) -> List[Dict[str, Any]]:
+    """All records of a JSONL results file (a missing file has none; bad lines are skipped with a warning)."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                print(f"warning: {path}:{n}: skipping unreadable line ({e})", file=sys.stderr)
+    return out
+
+
+def done_keys(path: str) -> set:
+    """Keys of the cells that already have an error-free record in `path`."""
+    return {cell_key(r) for r in read_results(path) if not r.get("error")}
+
+
+def _append(path: str, record: Dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.flush()
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
+
+
+def _commit() -> Optional[str]:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except Exception:
+        return None
+
+
+# --- building the unpruned model ----------------------------------------------------------
+def _format_path(template: str, spec: ModelSpec, dataset: str, horizon: int) -> str:
+    context = spec.config.get("context_length", "")
+    return template.format(model=spec.name, dataset=dataset, horizon=horizon, context=context)
+
+
+def _config_fields(family: str) -> Optional[set]:
+    from compress.models import get_adapter
+
+    cfg_class = getattr(get_adapter(family), "config_class", None)
+    if cfg_class is not None and dataclasses.is_dataclass(cfg_class):
+        return {f.name for f in dataclasses.fields(cfg_class)}
+    return None
+
+
+def _from_checkpoint(spec: ModelSpec, path: str, horizon: int):
+    """A `.pt` file (state_dict or whole model) with its build config in the `.json` beside it."""
+    import compress
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} not found; make it with: {TRAIN_HINT}")
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, torch.nn.Module):
+        model = obj
+    else:
+        meta_path = os.path.splitext(path)[0] + ".json"
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"build config {meta_path} (beside the checkpoint) not found; "
+                                    f"make both with: {TRAIN_HINT}")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        family = meta.get("family", spec.family)
+        size = meta.get("size", spec.size)
+        build = meta.get("config", meta.get("build", meta))
+        fields = _config_fields(family)
+        if fields is not None:  # keep only real config fields (the json may carry metrics too)
+            build = {k: v for k, v in build.items() if k in fields}
+        build = {**build, **spec.config}
+        model = compress.models.load(family, size=size, **build)
+        if isinstance(obj, dict) and "state_dict" in obj:
+            obj = obj["state_dict"]
+        if obj and all(k.startswith("model.") for k in obj):
+            model.load_state_dict(obj)
+        else:
+            model.model.load_state_dict(obj)
+    if getattr(model, "horizon", horizon) != horizon:
+        raise ValueError(f"checkpoint {path} forecasts {model.horizon} steps, the cell asks for {horizon}")
+    return model
+
+
+def build_model(spec: ModelSpec, dataset: str, horizon: int, seed: int, cache_dir: Optional[str],
+                log: Callable[[str], None]):
+    """The unpruned model of a group: from a checkpoint, pretrained weights, or trained here."""
+    import compress
+
+    torch.manual_seed(seed)
+    if spec.checkpoint:
+        model = _from_checkpoint(spec, _format_path(spec.checkpoint, spec, dataset, horizon), horizon)
+        model.eval()
+        return model
+    overrides = dict(spec.config)
+    overrides.setdefault("horizon", horizon)
+    fields = _config_fields(spec.family)
+    if fields is not None and "n_channels" in fields and "n_channels" not in overrides:
+        overrides["n_channels"] = compress.data.load(dataset, 2, 1, "test").n_channels
+    model = compress.models.load(spec.family, pretrained=spec.pretrained, size=spec.size, **overrides)
+    if spec.train:
+        model = _train_cached(model, spec, dataset, horizon, seed, cache_dir, log)
+    model.eval()
+    return model
+
+
+def _train_cached(model, spec: ModelSpec, dataset: str, horizon: int, seed: int, cache_dir: Optional[str], log):
+    """Train a freshly built model for the benchmark, once; later runs reuse the cached weights."""
+    import compress
+
+    settings = dict(spec.train)
+    tag = json.dumps({"family": spec.family, "size": spec.size, "config": spec.config, "train": settings}, sort_keys=True)
+    stamp = f"{abs(hash_str(tag)) % 10**8:08d}"
+    path = None
+    if cache_dir:
+        path = os.path.join(cache_dir, f"{spec.name}-{dataset}-{model.context_length}-{horizon}-{stamp}.pt")
+        if os.path.exists(path):
+            model.load_state_dict(torch.load(path, map_location="cpu"))
+            log(f"  {spec.name}: reusing trained weights {path}")
+            return model
+    L = model.context_length
+    train = compress.data.load(dataset, L, horizon, "train")
+    val = compress.data.load(dataset, L, horizon, "val")
+    settings.setdefault("seed", seed)
+    settings.setdefault("progress", False)
+    settings.setdefault("lr", 1e-3)
+    t0 = time.time()
+    model = compress.finetune(model, train, val, **settings)
+    log(f"  {spec.name}: trained on {dataset} ({settings}) in {time.time() - t0:.0f} s")
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        torch.save(model.state_dict(), path)
+        with open(os.path.splitext(path)[0] + ".json", "w") as f:
+            json.dump({"family": spec.family, "size": spec.size, "config": model.config, "train": spec.train}, f,
+                      indent=2, default=str)
+    return model
+
+
+def hash_str(s: str) -> int:
+    import hashlib
+
+    return int(hashlib.sha1(s.encode()).hexdigest()[:12], 16)
+
+
+# --- running -------------------------------------------------------------------------------
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(config: Config, out: str, command: str = "", cells: Optional[Iterable[Cell]] = None,
+        log: Callable[[str], None] = _stderr, cache_dir: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Run the cells of `config` (all of them by default), appending records to `out`.
+
+    Args:
+        config: a parsed experiment (`benchmarks.config.load_config`).
+        out: the JSONL results file (created, or appended to).
+        command: the shell command recorded in every record.
+        cells: a subset of cells to run (default: `config.cells`).
+        log: where progress lines go (stderr).
+        cache_dir: where models trained inside the run are cached (default: `checkpoints/`
+            beside `out`).
+
+    Returns:
+        The records written by this call (skipped cells write none).
+
+    Example:
+        >>> from benchmarks.config import load_config          # doctest: +SKIP
+        >>> run(load_config("benchmarks/configs/quick.toml"), "runs/quick/results.jsonl")  # doctest: +SKIP
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.eval.threads)  # the whole run: on small shared CPUs extra OpenMP threads spin
+    try:
+        return _run(config, out, command, cells, log, cache_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config, out, command, cells, log, cache_dir):
+    cells = list(config.cells if cells is None else cells)
+    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(out)), "checkpoints")
+    done = done_keys(out)
+    common = dict(config=config.name, command=command, commit=_commit(), seed=config.seed)
+    groups: Dict[Tuple[str, str, int], List[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.model, c.dataset, c.horizon), []).append(c)
+    written: List[Dict[str, Any]] = []
+    total, index = len(cells), 0
+    for (model_name, dataset, horizon), group in groups.items():
+        spec = config.models.get(model_name) or ModelSpec(name=model_name, family=model_name)
+        pending = []
+        for c in group:
+            index += 1
+            if c.key(spec.size, config.seed) in done:
+                log(f"[{index}/{total}] {_label(c)}: done already, skipped")
+            else:
+                pending.append((index, c))
+        if not pending:
+            continue
+        try:
+            ctx = _GroupContext(config, spec, dataset, horizon, cache_dir, log)
+        except Exception as e:  # the model or data could not be built: every cell of the group says why
+            msg = _error(e)
+            for i, c in pending:
+                rec = _record(c, spec, common, error=msg, seconds=0.0)
+                _append(out, rec)
+                written.append(rec)
+                log(f"[{i}/{total}] {_label(c)}: ERROR {msg}")
+            continue
+        for i, c in pending:
+            rec = ctx.run_cell(c, common)
+            _append(out, rec)
+            written.append(rec)
+            log(f"[{i}/{total}] {_label(c)}: {_summary(rec)}")
+    return written
+
+
+class _GroupContext:
+    """What all cells of one (model, dataset, horizon) share: the unpruned model and the data."""
+
+    def __init__(self, config: Config, spec: ModelSpec, dataset: str, horizon: int, cache_dir: str, log):
+        import compress
+        from compress.measure import measure
+
+        self.config, self.spec, self.dataset, self.horizon, self.log = config, spec, dataset, horizon, log
+        ev = config.eval
+        self.base = build_model(spec, dataset, horizon, config.seed, cache_dir, log)
+        L = self.base.context_length
+        if getattr(self.base, "horizon", horizon) != horizon:
+            raise ValueError(f"{spec.name} forecasts {self.base.horizon} steps, the grid asks for {horizon}")
+        self.test = compress.data.load(dataset, L, horizon, "test", stride=max(1, ev.test_stride))
+        self.train = compress.data.load(dataset, L, horizon, "train")
+        self.calibration = self.train.batches(ev.calibration_batch_size, limit=ev.calibration_batches,
+                                              shuffle=True, seed=config.seed)
+        self.x = self.test.batches(ev.latency_batch_size, limit=1)[0][0]  # [B, L, C], same for every cell
+        self.base_measure = measure(self.base, self.x, latency=False, threads=ev.threads)
+        self._base_metrics = None
+
+    def base_metrics(self) -> Dict[str, float]:
+        import compress
+
+        if self._base_metrics is None:
+            self._base_metrics = compress.evaluate(self.base, self.test, batch_size=self.config.eval.batch_size,
+                                                   limit=self.config.eval.test_limit or None)
+        return self._base_metrics
+
+    def _interleaved_latency(self, model):
+        """(median, IQR) ms of the unpruned and of `model`, timed in alternating rounds on the same batch.
+
+        Alternating rounds (base, model, base, model, ...) share whatever load the machine has,
+        so the ratio is fairer than two timings taken minutes apart.
+        """
+        import statistics
+
+        from compress.measure import measure
+
+        ev = self.config.eval
+        rounds = 3
+        per = max(1, ev.latency_repeats // rounds)
+        base, mine = [], []
+        for _ in range(rounds):
+            for target, acc in ((self.base, base), (model, mine)):
+                t = measure(target, self.x, latency=True, memory=False, repeats=per, threads=ev.threads)
+                acc.append((t.latency_ms, t.latency_iqr_ms))
+        med = lambda xs: (statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs))  # noqa: E731
+        return med(base), med(mine)
+
+    def run_cell(self, cell: Cell, common: Dict[str, Any]) -> Dict[str, Any]:
+        import compress
+        from compress.measure import measure
+
+        ev, ft = self.config.eval, self.config.finetune
+        t0 = time.time()
+        note = None
+        try:
+            torch.manual_seed(self.config.seed)
+            model, effective = self.base, cell.ratio
+            if cell.ratio > 0:
+                if cell.strategy == "structured" and cell.ratio > ev.max_structured_ratio:
+                    effective = ev.max_structured_ratio
+                    note = f"structured ratio capped at {effective} (asked {cell.ratio})"
+                model = compress.prune(self.base, cell.criterion, effective, strategy=cell.strategy,
+                                       example_inputs=self.x, calibration=self.calibration, scope=ev.scope)
+            epochs_run = None
+            if cell.finetune:
+                val = compress.data.load(self.dataset, self.base.context_length, self.horizon, "val")
+                model = compress.finetune(model, self.train, val, epochs=ft.epochs, lr=ft.lr, patience=ft.patience,
+                                          batch_size=ft.batch_size, max_train_batches=ft.max_train_batches,
+                                          max_val_batches=ft.max_val_batches, seed=self.config.seed, progress=False)
+                history = getattr(model, "finetune_history", None) or []  # entry 0 is the check before training
+                epochs_run = max(0, len(history) - 1) if history else None
+            model.eval()
+            m = measure(model, self.x, latency=False, threads=ev.threads)
+            base_ms, model_ms = self._interleaved_latency(model)
+            metrics = compress.evaluate(model, self.test, batch_size=ev.batch_size, limit=ev.test_limit or None)
+            base_metrics = metrics if (cell.ratio == 0 and not cell.finetune) else self.base_metrics()
+            bm = self.base_measure
+            return _record(
+                cell, self.spec, common, context_length=self.base.context_length, effective_ratio=effective,
+                params=m.params, nonzero_params=m.nonzero_params, density=m.density,
+                prunable_density=m.prunable_density, relative_size=m.nonzero_params / bm.params,
+                flops=m.flops, flops_reduction=(bm.flops / m.flops) if m.flops else None,
+                latency_ms=model_ms[0], latency_iqr_ms=model_ms[1], baseline_latency_ms=base_ms[0],
+                speedup=base_ms[0] / model_ms[0], threads=ev.threads,
+                peak_memory_mb=m.peak_memory_mb, mse=metrics["mse"], mae=metrics["mae"],
+                n_windows=metrics["n_windows"], baseline_mse=base_metrics["mse"], baseline_mae=base_metrics["mae"],
+                test_stride=ev.test_stride, finetune_epochs=epochs_run, note=note,
+                seconds=round(time.time() - t0, 2), error=None)
+        except Exception as e:
+            return _record(cell, self.spec, common, context_length=self.base.context_length, note=note,
+                           test_stride=ev.test_stride, seconds=round(time.time() - t0, 2), error=_error(e))
+
+
+def _record(cell: Cell, spec: ModelSpec, common: Dict[str, Any], **values) -> Dict[str, Any]:
+    rec = {k: None for k in RECORD_FIELDS}
+    rec.update(model=cell.model, family=spec.family, size=spec.size, dataset=cell.dataset, horizon=cell.horizon,
+               criterion=cell.criterion, strategy=cell.strategy, ratio=cell.ratio, method=cell.method,
+               finetuned=cell.finetune)
+    rec.update(common)
+    rec.update(values)
+    rec["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return rec
+
+
+def _error(e: BaseException) -> str:
+    where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    loc = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
+    return f"{type(e).__name__}: {e}{loc}"
+
+
+def _label(c: Cell) -> str:
+    if c.ratio == 0 and (c.criterion, c.strategy) == BASELINE:
+        what = "baseline" + (" +finetune" if c.finetune else "")
+    else:
+        what = f"{c.criterion} {c.strategy} r={c.ratio:.3f}" + (" +finetune" if c.finetune else "")
+    return f"{c.model} {c.dataset} H{c.horizon} {what}"
+
+
+def _summary(r: Dict[str, Any]) -> str:
+    if r.get("error"):
+        return f"ERROR {r['error']}"
+    d = (r["mse"] / r["baseline_mse"] - 1) * 100 if r.get("baseline_mse") else 0.0
+    return (f"mse {r['mse']:.4f} ({d:+.1f}%), size x{r['relative_size']:.2f}, "
+            f"FLOPs /{r['flops_reduction']:.2f}, speedup x{r['speedup']:.2f} ({r['seconds']:.1f} s)")

@@ -1,0 +1,123 @@
+"""The benchmark harness: cells write complete records, resume, survive failures; reports and configs."""
+import json
+import os
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.config import ConfigError, load_config, parse_config
+from benchmarks.report import write_report
+from benchmarks.runner import RECORD_FIELDS, read_results, run
+
+TINY_EVAL = {"test_stride": 64, "test_limit": 1, "batch_size": 16, "calibration_batches": 1,
+             "calibration_batch_size": 4, "latency_batch_size": 2, "latency_repeats": 2}
+
+
+def tiny_config(models, criteria=("magnitude",), ratios=(0.5,), **extra):
+    raw = {"name": "t", "models": {m: {"family": m, "size": "tiny"} for m in models}, "datasets": ["ETTh1"],
+           "horizons": [8], "eval": TINY_EVAL,
+           "grid": [{"models": list(models), "criteria": list(criteria), "strategies": ["structured"],
+                     "ratios": list(ratios)}]}
+    raw.update(extra)
+    return parse_config(raw)
+
+
+def test_when_a_single_cell_runs_from_the_shell_then_one_record_has_every_field(tmp_path):
+    out = str(tmp_path / "r.jsonl")
+    argv = ["run", "--model", "transformer", "--size", "tiny", "--dataset", "ETTh1", "--horizon", "8",
+            "--criterion", "taylor", "--strategy", "structured", "--ratio", "0.5", "--test-stride", "64",
+            "--test-limit", "1", "--out", out]
+    assert main(argv) == 0
+    (rec,) = read_results(out)
+    assert set(RECORD_FIELDS) <= set(rec)
+    assert rec["error"] is None and rec["method"] == "prune" and rec["finetuned"] is False
+    assert rec["command"].startswith("python -m benchmarks run --model transformer")
+    assert 0 < rec["relative_size"] < 1 and rec["flops_reduction"] > 1 and rec["speedup"] > 0
+    assert rec["mse"] > 0 and rec["mae"] > 0 and rec["n_windows"] > 0 and rec["threads"] == 1
+
+    # Resume: the same cell again is skipped and nothing is appended.
+    assert main(argv) == 0
+    assert len(read_results(out)) == 1
+
+
+def test_when_a_cell_fails_then_its_error_is_recorded_and_the_grid_goes_on(tmp_path):
+    out = str(tmp_path / "r.jsonl")
+    cfg = tiny_config(["no_such_model", "transformer"])
+    records = run(cfg, out, command="test", log=lambda m: None)
+    by_model = {}
+    for r in records:
+        by_model.setdefault(r["model"], []).append(r)
+    assert len(by_model["no_such_model"]) == 2  # baseline + one pruned cell
+    assert all("unknown model family 'no_such_model'" in r["error"] for r in by_model["no_such_model"])
+    assert [r["method"] for r in by_model["transformer"]] == ["zero-shot", "prune"]
+    assert all(r["error"] is None for r in by_model["transformer"])
+    base = by_model["transformer"][0]
+    assert base["ratio"] == 0 and base["criterion"] == "none" and base["mse"] == base["baseline_mse"]
+
+    # Resume retries the failed cells only.
+    again = run(cfg, out, command="test", log=lambda m: None)
+    assert {r["model"] for r in again} == {"no_such_model"}
+
+
+def test_when_a_checkpoint_is_missing_then_the_error_says_how_to_make_it(tmp_path):
+    raw = {"models": {"transformer": {"checkpoint": str(tmp_path / "{model}-{dataset}-96-{horizon}.pt")}},
+           "datasets": ["ETTh1"], "horizons": [8], "eval": TINY_EVAL,
+           "grid": [{"models": ["transformer"], "criteria": ["magnitude"], "ratios": [0.5]}]}
+    records = run(parse_config(raw), str(tmp_path / "r.jsonl"), log=lambda m: None)
+    assert "transformer-ETTh1-96-8.pt" in records[0]["error"]
+    assert "python benchmarks/train_classic.py" in records[0]["error"]
+
+
+def _record(model, strategy, ratio, mse, flops_red=1.0, speedup=1.0, finetuned=False, error=None):
+    base = ratio == 0
+    return {"model": model, "size": "tiny", "dataset": "ETTh1", "horizon": 8, "context_length": 32,
+            "criterion": "none" if base else "magnitude", "strategy": "none" if base else strategy, "ratio": ratio,
+            "effective_ratio": ratio, "method": "zero-shot" if base else ("prune-then-finetune" if finetuned else "prune"),
+            "finetuned": finetuned, "seed": 0, "params": 1000, "nonzero_params": int(1000 * (1 - ratio)),
+            "density": 1 - ratio, "prunable_density": 1 - ratio, "relative_size": 1 - ratio, "flops": 10**6,
+            "flops_reduction": flops_red, "latency_ms": 1.0, "speedup": speedup, "threads": 1, "mse": mse,
+            "mae": mse, "n_windows": 10, "baseline_mse": 0.5, "baseline_mae": 0.5, "test_stride": 8,
+            "error": error, "command": "python -m benchmarks run --config x.toml --out r.jsonl", "commit": "abc"}
+
+
+def test_when_reporting_a_results_file_then_report_md_and_both_plots_are_written(tmp_path):
+    res = tmp_path / "r.jsonl"
+    recs = [_record("a", "none", 0.0, 0.5),
+            _record("a", "structured", 0.2, 0.55, 1.3, 1.1), _record("a", "structured", 0.5, 0.7, 2.0, 1.3),
+            _record("a", "unstructured", 0.5, 0.6), _record("a", "structured", 0.5, 0.52, 2.0, 1.3, finetuned=True),
+            _record("b", "structured", 0.5, None, error="ValueError: boom")]
+    res.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    path = write_report([str(res)], str(tmp_path / "rep"))
+    text = open(path).read()
+    assert "python -m benchmarks run --config x.toml" in text
+    assert "+40.0%" in text and "ValueError: boom" in text
+    for png in ("accuracy_vs_density.png", "speedup_vs_flops.png"):
+        assert os.path.getsize(tmp_path / "rep" / png) > 1000
+
+
+@pytest.mark.parametrize("text, message", [
+    ('grid = [{criteria = ["magnitude"], ratios = [0.5]}]\nmodels = ["m"]\ndatasets = ["ETTh1"]\nhorizons = [8]\nbogus = 1\n',
+     "unknown key(s) ['bogus']"),
+    ('models = ["m"]\ndatasets = ["ETTh1"]\nhorizons = [8]\n', "no [[grid]] table"),
+    ('models = ["m"]\ndatasets = ["ETTh1"]\nhorizons = [8]\n[[grid]]\ncriteria = ["magnitude"]\nratios = [1.5]\n',
+     "ratio 1.5 must be a number in [0, 1)"),
+    ('models = ["m"]\ndatasets = ["ETTh1"]\n[[grid]]\ncriteria = ["magnitude"]\nratios = [0.5]\n', "horizons is missing"),
+    ('models = ["m"]\ndatasets = ["ETTh1"]\nhorizons = [8]\n[eval]\ntest_stride = "8"\n[[grid]]\ncriteria = ["m"]\nratios = [0.5]\n',
+     "test_stride = '8' should be a int"),
+    ('models = ["m"\n', "cannot parse"),
+])
+def test_when_a_config_is_wrong_then_the_error_names_the_file_and_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert message in str(e.value) and "bad.toml" in str(e.value)
+
+
+def test_when_loading_the_shipped_configs_then_they_parse():
+    here = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "configs")
+    quick = load_config(os.path.join(here, "quick.toml"))
+    assert {c.criterion for c in quick.cells} == {"none", "magnitude", "taylor", "activation"}
+    study = load_config(os.path.join(here, "study_ettm1.toml"))
+    assert {c.model for c in study.cells} == {"transformer", "informer", "autoformer", "fedformer", "crossformer"}
+    assert sum(c.finetune for c in study.cells) == 10

@@ -1,6 +1,6 @@
 """Time and peak memory of `compress.prune` on a generic 12-layer, d_model 768 Transformer.
 
-    python benchmarks/prune_cost.py [--criterion magnitude|taylor] [--batches 8]
+    python benchmarks/prune_cost.py [--criterion magnitude|taylor] [--batches 8] [--micro-batch 1]
 
 One criterion per process, so that peak RSS belongs to that run alone. Writes one JSON
 line per run to benchmarks/results/prune_cost.jsonl and prints where the time goes.
@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--micro-batch", type=int, default=None, help="taylor: calibrate in slices of this many samples")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "prune_cost.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,7 +69,8 @@ def main():
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
-    small = compress.prune(model, args.criterion, ratio=args.ratio, example_inputs=x,
+    crit = compress.criteria.get(args.criterion, **({"micro_batch": args.micro_batch} if args.micro_batch else {}))
+    small = compress.prune(model, crit, ratio=args.ratio, example_inputs=x,
                            calibration=cal if args.criterion != "magnitude" else None, verbose=True)
     prof.disable()
     seconds = time.perf_counter() - t0
@@ -76,7 +78,7 @@ def main():
     m = sum(p.numel() for p in small.parameters())
     s = io.StringIO()
     pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(25)
-    rec = {"criterion": args.criterion, "params": n, "params_after": m, "model_mb": round(size_mb, 1),
+    rec = {"criterion": repr(crit), "params": n, "params_after": m, "model_mb": round(size_mb, 1),
            "seconds": round(seconds, 2), "graph_seconds": round(small.compress_pruning[-1]["graph_seconds"], 2),
            "rss_before_mb": round(base), "peak_rss_mb": round(peak), "extra_mb": round(peak - base),
            "extra_over_model": round((peak - base) / size_mb, 2), "calibration_batches": len(cal) if args.criterion != "magnitude" else 0,

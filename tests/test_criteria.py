@@ -199,3 +199,14 @@ def test_random_is_reproducible_by_seed():
     b = compress.criteria.get("random", seed=1).calibrate(None).score(g)
     c = compress.criteria.get("random", seed=2).calibrate(None).score(g)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_taylor_micro_batches_give_the_same_unit_scores(order):
+    model = TinyForecaster().eval()
+    pg = traced(model)
+    cal = batches(model, n=2, B=4)
+    whole = compress.criteria.get("taylor", order=order).calibrate(model, cal, groups=pg.groups)
+    sliced = compress.criteria.get("taylor", order=order, micro_batch=1).calibrate(model, cal, groups=pg.groups)
+    for g in pg.groups:
+        torch.testing.assert_close(sliced.score(g), whole.score(g), rtol=1e-4, atol=1e-7)

@@ -22,7 +22,20 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .base import Criterion, WeightGroup, default_loss, forward_loss, register, site_channel_dim
+from .base import Criterion, WeightGroup, default_loss, forward_loss, register, site_channel_dim, split_batch
+
+
+def _chunks(batch, size: Optional[int], order: int):
+    """Slices of a calibration batch along dim 0, with the loss weight that keeps the
+    first-order gradient equal to the whole batch's (order 2 uses each slice's own loss)."""
+    inputs, target = split_batch(batch)
+    n = target.shape[0]
+    if size is None or size >= n or not isinstance(inputs, torch.Tensor):
+        yield batch, 1.0
+        return
+    for i in range(0, n, size):
+        j = min(i + size, n)
+        yield (inputs[i:j], target[i:j]), ((j - i) / n if order == 1 else 1.0)
 
 
 @register
@@ -32,6 +45,9 @@ class Taylor(Criterion):
     Args:
         order: 1 for |Σ g·w|, 2 for Σ_samples (-g_m + g_m²/2) on unit masks.
         ema: None to sum over batches, or β in [0, 1) for an exponential moving average.
+        micro_batch: run each calibration batch in slices of this many samples (less
+            activation memory; same first-order scores; for order 2 on single weights each
+            slice counts as one sample).
 
     Example:
         >>> compress.prune(model, criterion="taylor", ratio=0.3, calibration=batches)  # doctest: +SKIP
@@ -42,13 +58,16 @@ class Taylor(Criterion):
     name = "taylor"
     requires_data = True
 
-    def __init__(self, order: int = 1, ema: Optional[float] = None):
+    def __init__(self, order: int = 1, ema: Optional[float] = None, micro_batch: Optional[int] = None):
         if order not in (1, 2):
             raise ValueError(f"taylor criterion supports order=1 or order=2, got {order!r}")
         if ema is not None and not 0.0 <= ema < 1.0:
             raise ValueError(f"taylor ema must be in [0, 1) or None, got {ema!r}")
+        if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
+            raise ValueError(f"taylor micro_batch must be a positive integer or None, got {micro_batch!r}")
         self.order = order
         self.ema = ema
+        self.micro_batch = micro_batch
         self._scores: Dict[int, torch.Tensor] = {}
 
     def calibrate(self, model, batches=None, *, groups=(), loss_fn: Optional[Callable] = None):
@@ -101,21 +120,22 @@ class Taylor(Criterion):
         try:
             for batch in batches:
                 n_batches += 1
-                for lst in masks.values():
-                    lst.clear()
                 batch_scores.clear()
-                loss = forward_loss(model, batch, loss_fn)
-                if not loss.requires_grad:
-                    raise ValueError("the calibration loss does not depend on any prunable unit")
-                loss.backward()
-                if use_masks:
-                    for g in units:
-                        s = torch.zeros(g.n)
-                        for m in masks[id(g)]:
-                            if m.grad is not None:
-                                gs = m.grad.float().cpu() * m.shape[0]  # [S, n] per-sample mask gradients
-                                s += (-gs + gs.pow(2) / 2).sum(0)
-                        batch_scores[id(g)] = s
+                for chunk, weight in _chunks(batch, self.micro_batch, self.order):
+                    for lst in masks.values():
+                        lst.clear()
+                    loss = forward_loss(model, chunk, loss_fn) * weight
+                    if not loss.requires_grad:
+                        raise ValueError("the calibration loss does not depend on any prunable unit")
+                    loss.backward()
+                    if use_masks:
+                        for g in units:
+                            s = batch_scores.get(id(g), torch.zeros(g.n))
+                            for m in masks[id(g)]:
+                                if m.grad is not None:
+                                    gs = m.grad.float().cpu() * m.shape[0]  # [S, n] per-sample mask gradients
+                                    s = s + (-gs + gs.pow(2) / 2).sum(0)
+                            batch_scores[id(g)] = s
                 for g in groups:
                     s = batch_scores.get(id(g))
                     self._accumulate(id(g), torch.zeros(g.n) if s is None else s)

@@ -1,0 +1,164 @@
+"""Issue 5 experiment: zero-shot vs full fine-tuning vs prune-then-finetune on TSFMs.
+
+    python benchmarks/ptf/experiment.py --models ttm patchtst_pre --datasets ETTh1 ETTm1 ETTm2 weather \
+        [--horizon 96] [--epochs 2] [--max-train-batches 100] [--test-stride 4] \
+        [--out benchmarks/results/ptf.jsonl]
+    python benchmarks/ptf/experiment.py --report benchmarks/results/ptf.jsonl
+
+Methods per (model, dataset, horizon):
+  zero-shot            the pretrained model as shipped
+  finetune             full fine-tuning (compress.finetune, early stopping on val)
+  prune-then-finetune  compress.prune_then_finetune (taylor order 2 with EMA, progressive
+                       global pruning with validation stopping, then the same fine-tuning)
+  prune-then-finetune-tol   (with --tolerance t) the same, keeping the most pruned mask set
+                       whose validation loss is within t of the best (patience 3)
+  scratch              PatchTST (size "small", same context/horizon) trained from scratch
+                       with twice the fine-tuning budget at --scratch-lr, the specialised baseline
+The fine-tuning budget is capped (epochs x max_train_batches of 32 windows) to fit a 2-core
+CPU; the test split is evaluated with a stride (stated in every record). Speedup is the
+latency of the unpruned model over the method's model, timed back to back (1 thread).
+One JSON line per cell; cells already in the results file are skipped (resume).
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+import compress  # noqa: E402
+from compress.measure import measure  # noqa: E402
+
+PRETRAINED_PATCHTST = os.path.join(os.path.dirname(__file__), "..", "..", "compress", "models", "weights",
+                                   "patchtst-mini-pretrained")
+
+
+def load_model(name, horizon):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name == "ttm":
+            return compress.models.load("ttm")
+        if name == "patchtst_pre":
+            return compress.models.load("patchtst", pretrained=PRETRAINED_PATCHTST, horizon=horizon)
+        if name == "patchtst_scratch":
+            return compress.models.load("patchtst", size="small", context_length=512, horizon=horizon)
+    raise ValueError(f"unknown model {name!r}")
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def run(args):
+    done = set()
+    if os.path.exists(args.out):
+        for line in open(args.out):
+            r = json.loads(line)
+            if not r.get("error"):
+                done.add((r["model"], r["dataset"], r["horizon"], r["method"]))
+    torch.manual_seed(0)
+    for dataset in args.datasets:
+        train = compress.data.load(dataset, 512, args.horizon, "train")
+        val = compress.data.load(dataset, 512, args.horizon, "val")
+        test = compress.data.load(dataset, 512, args.horizon, "test", stride=args.test_stride)
+        x = test.batches(8, limit=1)[0][0][:, :, :1].repeat(1, 1, 7)[:8]  # fixed timing batch [8, 512, 7]
+        ft = dict(epochs=args.epochs, lr=args.lr, patience=1, batch_size=32, max_train_batches=args.max_train_batches,
+                  max_val_batches=args.max_val_batches, progress=False)
+        methods = ["zero-shot", "finetune", "prune-then-finetune"] + (["prune-then-finetune-tol"] if args.tolerance else [])
+        plan = [(m, meth) for m in args.models for meth in methods]
+        if not args.no_scratch:
+            plan.append(("patchtst_scratch", "scratch"))
+        for model_name, method in plan:
+            key = (model_name, dataset, args.horizon, method)
+            if key in done:
+                continue
+            rec = {"model": model_name, "dataset": dataset, "horizon": args.horizon, "method": method,
+                   "context_length": 512, "test_stride": args.test_stride, "epochs": args.epochs,
+                   "max_train_batches": args.max_train_batches, "lr": args.lr, "seed": 0,
+                   "command": "python benchmarks/ptf/experiment.py " + " ".join(sys.argv[1:])}
+            t0 = time.perf_counter()
+            try:
+                base = load_model(model_name, args.horizon).eval()
+                if method == "zero-shot":
+                    model = base
+                elif method in ("finetune", "scratch"):
+                    budget = dict(ft, epochs=ft["epochs"] * (2 if method == "scratch" else 1),
+                                  lr=args.scratch_lr if method == "scratch" else args.lr)
+                    model = compress.finetune(base, train, val, **budget)
+                else:
+                    tol = {"tolerance": args.tolerance, "patience": 3} if method.endswith("-tol") else {"patience": 1}
+                    model = compress.prune_then_finetune(
+                        base, train, val, max_ratio=args.max_ratio, step_fraction=args.step_fraction, **tol,
+                        calibration_batches=args.calibration_batches, validation_batches=args.max_val_batches,
+                        batch_size=32, finetune_epochs=args.epochs, lr=args.lr, finetune_patience=1,
+                        max_train_batches=args.max_train_batches, max_val_batches=args.max_val_batches,
+                        progress=False)
+                    pr = model.compress_pruning[-1]
+                    rec.update(chosen_round=pr.get("chosen_round"), rounds=len(pr.get("rounds", [])),
+                               val_loss_per_round=[r.get("val_loss") for r in pr.get("rounds", [])],
+                               val_mse_after_pruning=pr.get("val_mse_after_pruning"))
+                r = compress.evaluate(model, test, batch_size=256)
+                a = measure(base, x, repeats=5, memory=False)
+                b = measure(model, x, repeats=5, memory=False)
+                rec.update(mse=r["mse"], mae=r["mae"], n_windows=r["n_windows"], params=b.params,
+                           params_base=a.params, params_kept=b.params / a.params, flops=b.flops,
+                           flops_reduction=a.flops / b.flops, latency_ms=b.latency_ms, speedup=a.latency_ms / b.latency_ms)
+            except Exception as e:
+                rec["error"] = f"{type(e).__name__}: {e}"
+            rec["seconds"] = round(time.perf_counter() - t0, 1)
+            print(json.dumps(rec), flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+def report(path):
+    rows = [json.loads(l) for l in open(path)]
+    last = {}
+    for r in rows:
+        last[(r["model"], r["dataset"], r["horizon"], r["method"])] = r
+    from tabulate import tabulate
+    table = []
+    for (m, d, h, meth), r in sorted(last.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0], kv[0][3])):
+        if r.get("error"):
+            table.append([d, h, m, meth, "error: " + r["error"][:60], "", "", "", ""])
+            continue
+        table.append([d, h, m, meth, f"{r['mse']:.4f}", f"{r['mae']:.4f}", f"{r['params_kept']:.0%}",
+                      f"{r['flops_reduction']:.2f}x", f"{r['speedup']:.2f}x"])
+    print(tabulate(table, headers=["dataset", "H", "model", "method", "MSE", "MAE", "params kept", "FLOPs ÷",
+                                   "speedup"], tablefmt="github"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="*", default=["ttm", "patchtst_pre"])
+    ap.add_argument("--datasets", nargs="*", default=["ETTh1", "ETTm1", "ETTm2", "weather"])
+    ap.add_argument("--horizon", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--scratch-lr", type=float, default=1e-3)
+    ap.add_argument("--max-train-batches", type=int, default=100)
+    ap.add_argument("--max-val-batches", type=int, default=10)
+    ap.add_argument("--calibration-batches", type=int, default=8)
+    ap.add_argument("--max-ratio", type=float, default=0.7)
+    ap.add_argument("--step-fraction", type=float, default=0.1)
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="also run prune-then-finetune-tol: keep the most pruned mask set within this "
+                         "relative tolerance of the best validation loss (patience 3)")
+    ap.add_argument("--test-stride", type=int, default=4)
+    ap.add_argument("--no-scratch", action="store_true", help="skip the PatchTST-from-scratch baseline")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "results", "ptf.jsonl"))
+    ap.add_argument("--report")
+    args = ap.parse_args()
+    if args.report:
+        return report(args.report)
+    torch.set_num_threads(args.threads)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,29 @@ def _native(config: dict) -> dict:
     return {_ALIASES.get(k, k): v for k, v in config.items()}
 
 
+def _trim_head(model: nn.Module, horizon: int) -> None:
+    """Keep the first `horizon` output rows of the (point) forecasting head, in place.
+
+    Each output step of the flatten head is its own row of the projection, and the
+    de-scaling after it is per channel, so the trimmed model's forecast equals the first
+    `horizon` steps of the full one; parameters and FLOPs then count only what is used.
+    """
+    head = model.head
+    names = ["projection"] if head.share_projection else [f"projections.{i}" for i in range(len(head.projections))]
+    for name in names:
+        old = head.get_submodule(name)
+        new = nn.Linear(old.in_features, horizon, bias=old.bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[:horizon])
+            if old.bias is not None:
+                new.bias.copy_(old.bias[:horizon])
+        if head.share_projection:
+            head.projection = new
+        else:
+            head.projections[int(name.split(".")[1])] = new
+    model.config.prediction_length = horizon
+
+
 @register("patchtst")
 class PatchTSTForecaster(Forecaster):
     """PatchTST (`transformers.PatchTSTForPrediction`) as a `Forecaster`.
@@ -62,7 +85,11 @@ class PatchTSTForecaster(Forecaster):
     @classmethod
     def build(cls, pretrained: Optional[str] = None, size: str = "small", **config) -> "PatchTSTForecaster":
         """Args:
-            pretrained: local directory saved by `PatchTSTForPrediction.save_pretrained`.
+            pretrained: local directory saved by `PatchTSTForPrediction.save_pretrained`
+                (e.g. the shipped `compress/models/weights/patchtst-mini-pretrained`, context
+                512, prediction length 192). `horizon` below the checkpoint's prediction
+                length keeps the first `horizon` steps; `context_length`, if given, must
+                equal the checkpoint's.
             size: "tiny" or "small" (PatchTST/64).
             **config: PatchTSTConfig overrides (`horizon` = `prediction_length`).
         """
@@ -71,10 +98,25 @@ class PatchTSTForecaster(Forecaster):
         if size not in SIZES:
             raise ValueError(f"patchtst: unknown size {size!r}; choose one of {sorted(SIZES)}")
         overrides = _native(config)
+        horizon = native = None
         if pretrained is not None:
             if not os.path.isdir(pretrained):
                 raise FileNotFoundError(f"patchtst: pretrained must be a local directory, got {pretrained!r}")
+            # The flatten head fixes context and prediction length: a shorter horizon keeps the
+            # first `horizon` outputs of the head (exactly the first steps of the checkpoint's
+            # forecast, with a head that has only those rows); the context must match.
+            native = PatchTSTConfig.from_pretrained(pretrained)
+            horizon = overrides.pop("prediction_length", None)
+            if horizon is not None and not 0 < int(horizon) <= native.prediction_length:
+                raise ValueError(f"patchtst: horizon {horizon} must be 1..{native.prediction_length}, "
+                                 f"the checkpoint's prediction_length")
+            context = overrides.pop("context_length", native.context_length)
+            if context != native.context_length:
+                raise ValueError(f"patchtst: the checkpoint reads context_length={native.context_length}; "
+                                 f"got {context}")
             model = PatchTSTForPrediction.from_pretrained(pretrained, **overrides)
+            if horizon is not None and int(horizon) < model.config.prediction_length:
+                _trim_head(model, int(horizon))
         else:
             model = PatchTSTForPrediction(PatchTSTConfig(**{**_COMMON, **SIZES[size], **overrides}))
         model.eval()
@@ -84,12 +126,13 @@ class PatchTSTForecaster(Forecaster):
         return cls(
             model,
             context_length=cfg.context_length,
-            horizon=cfg.prediction_length,
+            horizon=cfg.prediction_length if horizon is None else int(horizon),
             n_channels=None if cfg.num_input_channels == 1 else cfg.num_input_channels,
             config={
                 "size": size,
                 "pretrained": None if pretrained is None else os.path.abspath(pretrained),
                 "overrides": config,
+                "checkpoint_prediction_length": None if native is None else native.prediction_length,
                 "model_config": json.loads(cfg.to_json_string()),
             },
         ).eval()
@@ -98,7 +141,9 @@ class PatchTSTForecaster(Forecaster):
         b, l, c = past.shape
         folded = self.n_channels is None and c > 1
         x = past.permute(0, 2, 1).reshape(b * c, l, 1) if folded else past  # [B*C, L, 1]
-        y = self.model(past_values=x, return_dict=True).prediction_outputs  # [B*C, H, 1]
+        y = self.model(past_values=x, return_dict=True).prediction_outputs  # [B*C, H_native, 1]
+        if y.shape[1] > self.horizon:  # guard; `_trim_head` already made them equal
+            y = y[:, : self.horizon]
         if folded:
             y = y.reshape(b, c, -1).permute(0, 2, 1)  # [B, H, C]
         return y

@@ -44,6 +44,7 @@ def get(name, **kwargs) -> "Criterion":
         **kwargs: its hyper-parameters (e.g. `p=1` for magnitude, `order=2` for taylor).
 
     Example:
+        >>> import compress
         >>> compress.criteria.get("magnitude", p=1)
         Magnitude(p=1)
     """

@@ -51,8 +51,9 @@ class Taylor(Criterion):
 
     Example:
         >>> compress.prune(model, criterion="taylor", ratio=0.3, calibration=batches)  # doctest: +SKIP
+        >>> import compress
         >>> compress.criteria.get("taylor", order=2, ema=0.9)
-        Taylor(order=2, ema=0.9)
+        Taylor(order=2, ema=0.9, micro_batch=None)
     """
 
     name = "taylor"

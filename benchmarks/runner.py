@@ -11,7 +11,7 @@ file). Each cell then:
 
 1. prunes a copy (`compress.prune`, calibration = shuffled training batches),
 2. fine-tunes it when the cell says so (`compress.finetune`, sparsity kept),
-3. measures it (`compress.measure.measure`, threads fixed, one fixed test batch) and
+3. measures it (`compress.measure`, threads fixed, one fixed test batch) and
    re-measures the unpruned model on the same batch right before, so that `speedup`
    compares two timings taken moments apart in the same process,
 4. evaluates MSE / MAE on the (strided) test split,

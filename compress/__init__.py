@@ -8,17 +8,18 @@ Example:
 from . import criteria, graph, models, strategies
 from .api import prune
 from .finetune import evaluate, finetune, prune_then_finetune
+# bound eagerly: a lazy attribute would be shadowed by the submodule `compress.measure` as
+# soon as anything imports it, turning `compress.measure(...)` into a call on a module
+from .measure import Measurement, measure
 
 __all__ = ["prune", "finetune", "evaluate", "prune_then_finetune", "criteria", "strategies", "graph", "models",
            "measure", "Measurement", "data", "analysis"]
 __version__ = "0.1.0"
 
 
-def __getattr__(name):  # measure, data and analysis are imported on first use
+def __getattr__(name):  # data and analysis are imported on first use
     import importlib
 
-    if name in ("measure", "Measurement"):
-        return getattr(importlib.import_module(".measure", __name__), name)
     if name in ("data", "analysis"):
         return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'compress' has no attribute {name!r}")

@@ -79,3 +79,11 @@ def test_import_compress_stays_light():
             "'uni2ts', 'timesfm', 'matplotlib', 'pandas') if m in sys.modules]; print(heavy); assert not heavy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compress_measure_stays_the_function_after_importing_the_submodule():
+    code = ("import compress, torch; from compress.measure import measure; import compress.measure; "
+            "m = compress.measure(torch.nn.Linear(2, 2), torch.randn(1, 2), latency=False, memory=False); "
+            "assert m.flops == 8, m.flops")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -15,7 +15,7 @@ from typing import Callable, ClassVar, Dict, List, Optional
 import torch
 from torch import nn
 
-__all__ = ["Forecaster", "register", "available", "load", "get_adapter"]
+__all__ = ["Forecaster", "register", "available", "load", "get_adapter", "build_record"]
 
 _REGISTRY: Dict[str, type] = {}
 
@@ -83,6 +83,12 @@ def load(name: str, pretrained: Optional[str] = None, size: str = "small", **con
         return Forecaster.load_dir(name)
     cls = get_adapter(name)
     return cls.build(pretrained=pretrained, size=size, **config)
+
+
+def build_record(size: str, pretrained: Optional[str], overrides: dict) -> dict:
+    """The part of a Forecaster's `config` every adapter records: size, weights path, overrides."""
+    return {"size": size, "pretrained": None if pretrained is None else os.path.abspath(pretrained),
+            "overrides": overrides}
 
 
 class Forecaster(nn.Module):

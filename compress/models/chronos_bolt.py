@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import _t5  # noqa: F401  (registers the T5 attention recogniser)
-from .base import Forecaster, register
+from .base import Forecaster, build_record, register
 
 __all__ = ["ChronosBoltForecaster", "SIZES"]
 
@@ -99,9 +99,7 @@ class ChronosBoltForecaster(Forecaster):
             horizon=cc.prediction_length,
             n_channels=None,
             config={
-                "size": size,
-                "pretrained": None if pretrained is None else os.path.abspath(pretrained),
-                "overrides": config,
+                **build_record(size, pretrained, config),
                 "model_config": json.loads(model.config.to_json_string()),
             },
         ).eval()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import graph as _graph
-from .base import Forecaster, register
+from .base import Forecaster, build_record, register
 
 __all__ = ["MoiraiForecaster", "SIZES"]
 
@@ -174,9 +174,7 @@ class MoiraiForecaster(Forecaster):
             patch_size=patch_size,
             n_channels=None,
             config={
-                "size": size,
-                "pretrained": None if pretrained is None else os.path.abspath(pretrained),
-                "overrides": config,
+                **build_record(size, pretrained, config),
                 "context_length": context_length,
                 "horizon": horizon,
                 "patch_size": patch_size,

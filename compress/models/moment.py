@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _t5  # noqa: F401  (registers the T5 attention recogniser)
-from .base import Forecaster, register
+from .base import Forecaster, build_record, register
 
 __all__ = ["MomentForecaster", "SIZES"]
 
@@ -118,9 +118,7 @@ class MomentForecaster(Forecaster):
             horizon=mc.forecast_horizon,
             n_channels=None,
             config={
-                "size": size,
-                "pretrained": None if pretrained is None else os.path.abspath(pretrained),
-                "overrides": config,
+                **build_record(size, pretrained, config),
                 "model_config": {k: v for k, v in vars(mc).items() if _jsonable(v)},
             },
         ).eval()

@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .base import Forecaster, register
+from .base import Forecaster, build_record, register
 
 __all__ = ["PatchTSTForecaster", "SIZES"]
 
@@ -129,9 +129,7 @@ class PatchTSTForecaster(Forecaster):
             horizon=cfg.prediction_length if horizon is None else int(horizon),
             n_channels=None if cfg.num_input_channels == 1 else cfg.num_input_channels,
             config={
-                "size": size,
-                "pretrained": None if pretrained is None else os.path.abspath(pretrained),
-                "overrides": config,
+                **build_record(size, pretrained, config),
                 "checkpoint_prediction_length": None if native is None else native.prediction_length,
                 "model_config": json.loads(cfg.to_json_string()),
             },

@@ -20,7 +20,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .base import Forecaster, register
+from .base import Forecaster, build_record, register
 
 __all__ = ["TimesFMForecaster", "SIZES"]
 
@@ -96,9 +96,7 @@ class TimesFMForecaster(Forecaster):
             horizon=horizon,
             n_channels=None,
             config={
-                "size": size,
-                "pretrained": None if pretrained is None else os.path.abspath(pretrained),
-                "overrides": config,
+                **build_record(size, pretrained, config),
                 "model_config": json.loads(cfg.to_json_string()),
             },
         ).eval()

@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .base import Forecaster, register
+from .base import Forecaster, build_record, register
 
 __all__ = ["TTMForecaster", "PRETRAINED_DIR", "SIZES"]
 
@@ -95,9 +95,7 @@ class TTMForecaster(Forecaster):
             horizon=horizon,
             n_channels=cfg.num_input_channels if mixes_channels else None,
             config={
-                "size": size,
-                "pretrained": None if pretrained is None else os.path.abspath(pretrained),
-                "overrides": config,
+                **build_record(size, pretrained, config),
                 "model_config": json.loads(cfg.to_json_string()),
             },
         ).eval()

@@ -361,6 +361,15 @@ class AttentionLayer(nn.Module):
 
 
 # --- Informer / Transformer encoder-decoder --------------------------------------------
+def conv_ffn(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The position-wise FFN of the reference encoder/decoder layers: two kernel-1 convs.
+
+    [B, L, D] -> [B, L, D]; `layer` holds conv1, conv2, activation and dropout.
+    """
+    y = layer.dropout(_ACTIVATIONS[layer.activation](layer.conv1(x.transpose(-1, 1))))  # [B, d_ff, L]
+    return layer.dropout(layer.conv2(y).transpose(-1, 1))
+
+
 class ConvLayer(nn.Module):
     """Informer's distilling layer: circular Conv1d(k=3) + BatchNorm + ELU + MaxPool(stride 2).
 
@@ -398,8 +407,7 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask=None) -> torch.Tensor:  # [B, L, D]
         x = x + self.dropout(self.attention(x, x, x, attn_mask))
         y = x = self.norm1(x)
-        y = self.dropout(_ACTIVATIONS[self.activation](self.conv1(y.transpose(-1, 1))))
-        y = self.dropout(self.conv2(y).transpose(-1, 1))
+        y = conv_ffn(self, y)
         return self.norm2(x + y)
 
 
@@ -447,8 +455,7 @@ class DecoderLayer(nn.Module):
         x = self.norm1(x + self.dropout(self.self_attention(x, x, x, x_mask)))
         x = x + self.dropout(self.cross_attention(x, cross, cross, cross_mask))
         y = x = self.norm2(x)
-        y = self.dropout(_ACTIVATIONS[self.activation](self.conv1(y.transpose(-1, 1))))
-        y = self.dropout(self.conv2(y).transpose(-1, 1))
+        y = conv_ffn(self, y)
         return self.norm3(x + y)
 
 
@@ -490,8 +497,7 @@ class DecompEncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask=None) -> torch.Tensor:  # [B, L, D]
         x = x + self.dropout(self.attention(x, x, x, attn_mask))
         x, _ = self.decomp1(x)
-        y = self.dropout(_ACTIVATIONS[self.activation](self.conv1(x.transpose(-1, 1))))
-        y = self.dropout(self.conv2(y).transpose(-1, 1))
+        y = conv_ffn(self, x)
         res, _ = self.decomp2(x + y)
         return res
 
@@ -524,8 +530,7 @@ class DecompDecoderLayer(nn.Module):
         x, trend1 = self.decomp1(x)
         x = x + self.dropout(self.cross_attention(x, cross, cross, cross_mask))
         x, trend2 = self.decomp2(x)
-        y = self.dropout(_ACTIVATIONS[self.activation](self.conv1(x.transpose(-1, 1))))
-        y = self.dropout(self.conv2(y).transpose(-1, 1))
+        y = conv_ffn(self, x)
         x, trend3 = self.decomp3(x + y)
         residual_trend = trend1 + trend2 + trend3  # [B, L, D]
         residual_trend = circular_pad(residual_trend.permute(0, 2, 1), 1)  # [B, D, L + 2]

@@ -31,6 +31,24 @@ def test_evaluate_matches_a_hand_computed_mse_and_mae():
     assert r["mae"] == pytest.approx(float(err.abs().mean()), rel=1e-5)
 
 
+class Zeros(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 4, x.shape[2])
+
+
+def test_a_capped_evaluation_samples_the_whole_split_not_its_first_windows():
+    arr = torch.zeros(1000, 2)
+    arr[900:] = 1.0  # only the second half of the test split is non-zero
+    test = from_array(arr, 16, 4, split="test", scale=False)
+    first = test.batches(4, limit=2)
+    assert all(float(y.abs().sum()) == 0 for _, y in first)  # the first windows alone would read MSE 0
+    a = compress.evaluate(Zeros(), test, batch_size=4, limit=2)
+    b = compress.evaluate(Zeros(), test, batch_size=4, limit=2)
+    assert a["n_windows"] == 8 and a["mse"] > 0
+    assert a == b  # the same fixed sample every time
+    assert compress.evaluate(Zeros(), test, batch_size=4)["n_windows"] == len(test)
+
+
 def test_finetune_lowers_validation_loss_and_leaves_the_input_alone():
     train, val, test = splits()
     model = TinyForecaster()

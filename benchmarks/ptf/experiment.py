@@ -110,26 +110,93 @@ def run(args):
             except Exception as e:
                 rec["error"] = f"{type(e).__name__}: {e}"
             rec["seconds"] = round(time.perf_counter() - t0, 1)
+            if args.save_models and not rec.get("error"):
+                os.makedirs(args.save_models, exist_ok=True)
+                torch.save(model, os.path.join(args.save_models, cell_file(key)))
             print(json.dumps(rec), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
 
-def report(path):
-    rows = [json.loads(l) for l in open(path)]
+def cell_file(key):
+    return "{}__{}__{}__{}.pt".format(*key)
+
+
+def retime(models_dir, out, repeats):
+    """Re-time every saved pruned cell model against its unpruned base, one after the other on a quiet
+    machine (nothing else running), and append one line per cell to ``out``."""
+    x = torch.randn(8, 512, 7)
+    for name in sorted(os.listdir(models_dir)):
+        if not name.endswith(".pt"):
+            continue
+        model_name, dataset, horizon, method = name[:-3].split("__")
+        model = torch.load(os.path.join(models_dir, name), weights_only=False).eval()
+        base = load_model(model_name, int(horizon)).eval()
+        if n_params(model) == n_params(base):
+            continue  # same shapes as the base: speedup 1 by construction
+        a = measure(base, x, repeats=repeats, memory=False)
+        b = measure(model, x, repeats=repeats, memory=False)
+        a2 = measure(base, x, repeats=repeats, memory=False)  # base again: the spread shows the noise
+        rec = {"model": model_name, "dataset": dataset, "horizon": int(horizon), "method": method,
+               "latency_ms": b.latency_ms, "latency_base_ms": [a.latency_ms, a2.latency_ms],
+               "speedup": min(a.latency_ms, a2.latency_ms) / b.latency_ms, "threads": torch.get_num_threads(),
+               "batch": list(x.shape), "repeats": repeats,
+               "command": "python benchmarks/ptf/experiment.py " + " ".join(sys.argv[1:])}
+        print(json.dumps(rec), flush=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def _last(path):
     last = {}
-    for r in rows:
-        last[(r["model"], r["dataset"], r["horizon"], r["method"])] = r
+    if path and os.path.exists(path):
+        for line in open(path):
+            r = json.loads(line)
+            last[(r["model"], r["dataset"], r["horizon"], r["method"])] = r
+    return last
+
+
+def report(path, latency_path=None):
+    """Markdown: one row per cell (speedups from the quiet re-timing where there is one), then
+    the claim check per (dataset, horizon, model)."""
     from tabulate import tabulate
+    last, quiet = _last(path), _last(latency_path)
     table = []
-    for (m, d, h, meth), r in sorted(last.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0], kv[0][3])):
+    for key, r in sorted(last.items(), key=lambda kv: (kv[0][1].lower(), kv[0][2], kv[0][0], kv[0][3])):
+        m, d, h, meth = key
         if r.get("error"):
             table.append([d, h, m, meth, "error: " + r["error"][:60], "", "", "", ""])
             continue
+        if r["params"] == r["params_base"]:
+            speed = "1.00x (same shapes)"
+        elif key in quiet:
+            speed = f"{quiet[key]['speedup']:.2f}x"
+        else:
+            speed = "not re-timed"
         table.append([d, h, m, meth, f"{r['mse']:.4f}", f"{r['mae']:.4f}", f"{r['params_kept']:.0%}",
-                      f"{r['flops_reduction']:.2f}x", f"{r['speedup']:.2f}x"])
+                      f"{r['flops_reduction']:.2f}x", speed])
     print(tabulate(table, headers=["dataset", "H", "model", "method", "MSE", "MAE", "params kept", "FLOPs ÷",
-                                   "speedup"], tablefmt="github"))
+                                   "CPU speedup"], tablefmt="github"))
+    print()
+    claim = []
+    for (m, d, h, meth), ft in sorted(last.items(), key=lambda kv: (kv[0][1].lower(), kv[0][2], kv[0][0])):
+        if meth != "finetune" or ft.get("error"):
+            continue
+        row = [d, h, m, f"{ft['mse']:.4f}"]
+        for variant in ("prune-then-finetune", "prune-then-finetune-tol"):
+            p = last.get((m, d, h, variant))
+            if not p or p.get("error"):
+                row += ["", ""]
+                continue
+            lower = p["mse"] < ft["mse"]
+            row += [f"{p['mse']:.4f} ({(p['mse'] / ft['mse'] - 1) * 100:+.1f}%)",
+                    f"{p['params_kept']:.0%}: " + ("yes" if lower and p["params_kept"] <= 0.7 else "no")]
+        sc = last.get(("patchtst_scratch", d, h, "scratch"))
+        row.append(f"{sc['mse']:.4f}" if sc and not sc.get("error") else "")
+        claim.append(row)
+    print(tabulate(claim, headers=["dataset", "H", "model", "finetune MSE", "prune-then-finetune MSE",
+                                   "kept: claim holds", "-tol MSE", "kept: claim holds", "PatchTST scratch"],
+                   tablefmt="github"))
 
 
 def main():
@@ -152,11 +219,18 @@ def main():
     ap.add_argument("--no-scratch", action="store_true", help="skip the PatchTST-from-scratch baseline")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "results", "ptf.jsonl"))
+    ap.add_argument("--save-models", metavar="DIR", help="torch.save each cell's final model here (for --retime)")
+    ap.add_argument("--retime", metavar="DIR", help="re-time the models saved in DIR and append to --latency-out")
+    ap.add_argument("--latency-out", default=os.path.join(os.path.dirname(__file__), "..", "results",
+                                                          "ptf_latency.jsonl"))
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--report")
     args = ap.parse_args()
     if args.report:
-        return report(args.report)
+        return report(args.report, args.latency_out)
     torch.set_num_threads(args.threads)
+    if args.retime:
+        return retime(args.retime, args.latency_out, args.repeats)
     run(args)
 
 

@@ -41,7 +41,8 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
         step_fraction: share of the surviving units masked per round.
         patience: pruning rounds without a lower validation loss before stopping.
         calibration_batches: shuffled training batches that score the units each round.
-        validation_batches: validation batches for the stopping rule (None: the whole split).
+        validation_batches: validation batches for the stopping rule, a fixed seeded sample
+            of windows drawn across the whole split (None: the whole split).
         batch_size: windows per batch, for pruning and fine-tuning.
         finetune_epochs, lr, finetune_patience: `compress.finetune` settings.
         loss_fn: `loss_fn(prediction, target)`, MSE by default.
@@ -80,7 +81,8 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
     prune_kw = {k: options.pop(k) for k in _PRUNE_ARGS if k in options}
 
     calibration = _as_batches(train, batch_size, calibration_batches, shuffle=True, seed=seed)
-    validation = _as_batches(val, batch_size, validation_batches, shuffle=False, seed=seed)
+    # a capped validation set is a fixed random sample of the whole split, not its first windows
+    validation = _as_batches(val, batch_size, validation_batches, shuffle=validation_batches is not None, seed=0)
     pruned = prune(model, criterion, ratio=max_ratio, strategy="progressive", calibration=calibration,
                    validation=validation, loss_fn=loss_fn, options=strategy_options, verbose=progress, **prune_kw)
     record = pruned.compress_pruning[-1]

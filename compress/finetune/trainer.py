@@ -31,7 +31,8 @@ class FinetuneConfig:
         patience: stop after this many epochs without a better validation loss.
         max_steps: stop after this many optimiser steps in total (None: no limit).
         max_train_batches: batches per epoch (None: the whole training split).
-        max_val_batches: validation batches per check (None: the whole split).
+        max_val_batches: validation batches per check, a fixed seeded sample of windows drawn
+            across the whole split, the same at every check (None: the whole split).
         seed: seeds shuffling and initialisation of anything random.
         keep_sparsity: weights that are exactly zero before training stay zero.
         progress: show a progress bar.
@@ -95,7 +96,8 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 64, limit: Optional[in
         model: a forecaster `past[B, L, C] -> [B, H, C]`.
         data: a `compress.data` dataset, a torch Dataset of (past, future), or batches.
         batch_size: windows per forward.
-        limit: evaluate at most this many batches.
+        limit: evaluate at most this many batches, a fixed seeded sample of windows drawn
+            across the whole split (not its first windows); None: every window in order.
 
     Returns:
         {"mse": ..., "mae": ..., "n_windows": ...}, averaged over every value.
@@ -110,7 +112,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 64, limit: Optional[in
     model.eval()
     se = ae = count = windows = 0.0
     try:
-        for past, future in _batches(data, batch_size, False, 0, limit):
+        for past, future in _batches(data, batch_size, limit is not None, 0, limit):
             pred = model(past)
             if pred.shape != future.shape:
                 raise ValueError(f"model predicts {tuple(pred.shape)} but the data's targets are {tuple(future.shape)}: "
@@ -230,7 +232,7 @@ def finetune(model: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-4
 def _mean_loss(model, data, loss_fn, cfg) -> float:
     model.eval()
     total, n = 0.0, 0
-    for past, future in _batches(data, cfg.batch_size, False, 0, cfg.max_val_batches):
+    for past, future in _batches(data, cfg.batch_size, cfg.max_val_batches is not None, 0, cfg.max_val_batches):
         total += float(loss_fn(model(past), future)) * past.shape[0]
         n += past.shape[0]
     return total / max(n, 1)

@@ -12,6 +12,8 @@ Methods per (model, dataset, horizon):
                        global pruning with validation stopping, then the same fine-tuning)
   prune-then-finetune-tol   (with --tolerance t) the same, keeping the most pruned mask set
                        whose validation loss is within t of the best (patience 3)
+  prune-then-finetune-norm  (with --normalize) the same as prune-then-finetune with each
+                       layer's scores divided by their mean before the global ranking
   scratch              PatchTST (size "small", same context/horizon) trained from scratch
                        with twice the fine-tuning budget at --scratch-lr, the specialised baseline
 The fine-tuning budget is capped (epochs x max_train_batches of 32 windows) to fit a 2-core
@@ -68,7 +70,8 @@ def run(args):
         x = test.batches(8, limit=1)[0][0][:, :, :1].repeat(1, 1, 7)[:8]  # fixed timing batch [8, 512, 7]
         ft = dict(epochs=args.epochs, lr=args.lr, patience=1, batch_size=32, max_train_batches=args.max_train_batches,
                   max_val_batches=args.max_val_batches, progress=False)
-        methods = ["zero-shot", "finetune", "prune-then-finetune"] + (["prune-then-finetune-tol"] if args.tolerance else [])
+        methods = (["zero-shot", "finetune", "prune-then-finetune"] + (["prune-then-finetune-tol"] if args.tolerance else [])
+                   + (["prune-then-finetune-norm"] if args.normalize else []))
         plan = [(m, meth) for m in args.models for meth in methods]
         if not args.no_scratch:
             plan.append(("patchtst_scratch", "scratch"))
@@ -91,6 +94,8 @@ def run(args):
                     model = compress.finetune(base, train, val, **budget)
                 else:
                     tol = {"tolerance": args.tolerance, "patience": 3} if method.endswith("-tol") else {"patience": 1}
+                    if method.endswith("-norm"):
+                        tol["normalize"] = "mean"
                     model = compress.prune_then_finetune(
                         base, train, val, max_ratio=args.max_ratio, step_fraction=args.step_fraction, **tol,
                         calibration_batches=args.calibration_batches, validation_batches=args.max_val_batches,
@@ -215,6 +220,9 @@ def main():
     ap.add_argument("--tolerance", type=float, default=0.0,
                     help="also run prune-then-finetune-tol: keep the most pruned mask set within this "
                          "relative tolerance of the best validation loss (patience 3)")
+    ap.add_argument("--normalize", action="store_true",
+                    help="also run prune-then-finetune-norm: scores divided by their layer's mean before the "
+                         "global ranking (normalize='mean'), patience 1")
     ap.add_argument("--test-stride", type=int, default=4)
     ap.add_argument("--no-scratch", action="store_true", help="skip the PatchTST-from-scratch baseline")
     ap.add_argument("--threads", type=int, default=2)

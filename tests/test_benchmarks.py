@@ -121,3 +121,47 @@ def test_when_loading_the_shipped_configs_then_they_parse():
     study = load_config(os.path.join(here, "study_ettm1.toml"))
     assert {c.model for c in study.cells} == {"transformer", "informer", "autoformer", "fedformer", "crossformer"}
     assert sum(c.finetune for c in study.cells) == 10
+
+
+def _ptf_record(model, method, mse, params, params_base=100, dataset="ETTh1"):
+    return {"model": model, "dataset": dataset, "horizon": 96, "method": method, "mse": mse, "mae": mse,
+            "params": params, "params_base": params_base, "params_kept": params / params_base,
+            "flops_reduction": params_base / params}
+
+
+def test_when_the_ptf_report_is_made_then_the_claim_check_reads_the_records(tmp_path, capsys):
+    from benchmarks.ptf.experiment import report
+
+    rows = [_ptf_record("a", "finetune", 0.40, 100), _ptf_record("a", "prune-then-finetune", 0.39, 65),
+            _ptf_record("a", "prune-then-finetune-tol", 0.38, 80),  # lower, but only 20% fewer parameters
+            _ptf_record("b", "finetune", 0.30, 100), _ptf_record("b", "prune-then-finetune", 0.31, 50),
+            _ptf_record("patchtst_scratch", "scratch", 0.35, 100)]
+    path, lat = tmp_path / "ptf.jsonl", tmp_path / "lat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lat.write_text(json.dumps({"model": "a", "dataset": "ETTh1", "horizon": 96, "method": "prune-then-finetune",
+                               "speedup": 1.7}) + "\n")
+    report(str(path), str(lat))
+    out = capsys.readouterr().out
+    claim = {line.split("|")[3].strip(): line for line in out.splitlines() if "finetune MSE" not in line
+             and line.count("|") == 10 and line.split("|")[4].strip().startswith("0.")}
+    assert "65%: yes" in claim["a"] and "80%: no" in claim["a"] and "0.3500" in claim["a"]
+    assert "50%: no" in claim["b"] and "+3.3%" in claim["b"]
+    assert "1.70x" in out and "not re-timed" in out and "same shapes" in out
+
+
+def test_when_pruned_cell_models_are_retimed_then_each_gets_a_speedup_record(tmp_path):
+    pytest.importorskip("tsfm_public")
+    import torch
+
+    import compress
+    from benchmarks.ptf.experiment import cell_file, retime
+
+    base = compress.models.load("ttm").eval()
+    small = compress.prune(base, "magnitude", ratio=0.3)
+    torch.save(small, tmp_path / cell_file(("ttm", "ETTh1", 96, "prune-then-finetune")))
+    torch.save(base, tmp_path / cell_file(("ttm", "ETTh1", 96, "finetune")))  # same shapes: skipped
+    out = tmp_path / "lat.jsonl"
+    retime(str(tmp_path), str(out), repeats=2)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["model"], r["method"]) for r in recs] == [("ttm", "prune-then-finetune")]
+    assert recs[0]["speedup"] > 0 and len(recs[0]["latency_base_ms"]) == 2

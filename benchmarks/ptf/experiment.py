@@ -181,7 +181,7 @@ def report(path, latency_path=None):
         table.append([d, h, m, meth, f"{r['mse']:.4f}", f"{r['mae']:.4f}", f"{r['params_kept']:.0%}",
                       f"{r['flops_reduction']:.2f}x", speed])
     print(tabulate(table, headers=["dataset", "H", "model", "method", "MSE", "MAE", "params kept", "FLOPs ÷",
-                                   "CPU speedup"], tablefmt="github"))
+                                   "CPU speedup"], tablefmt="github", disable_numparse=True))
     print()
     claim = []
     for (m, d, h, meth), ft in sorted(last.items(), key=lambda kv: (kv[0][1].lower(), kv[0][2], kv[0][0])):
@@ -201,7 +201,7 @@ def report(path, latency_path=None):
         claim.append(row)
     print(tabulate(claim, headers=["dataset", "H", "model", "finetune MSE", "prune-then-finetune MSE",
                                    "kept: claim holds", "-tol MSE", "kept: claim holds", "PatchTST scratch"],
-                   tablefmt="github"))
+                   tablefmt="github", disable_numparse=True))
 
 
 def main():

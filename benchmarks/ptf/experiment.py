@@ -14,6 +14,7 @@ Methods per (model, dataset, horizon):
                        whose validation loss is within t of the best (patience 3)
   prune-then-finetune-norm  (with --normalize) the same as prune-then-finetune with each
                        layer's scores divided by their mean before the global ranking
+  prune-then-finetune-ffn   (with --ffn-only) the same, cutting FFN channels only (no heads)
   scratch              PatchTST (size "small", same context/horizon) trained from scratch
                        with twice the fine-tuning budget at --scratch-lr, the specialised baseline
 The fine-tuning budget is capped (epochs x max_train_batches of 32 windows) to fit a 2-core
@@ -71,7 +72,8 @@ def run(args):
         ft = dict(epochs=args.epochs, lr=args.lr, patience=1, batch_size=32, max_train_batches=args.max_train_batches,
                   max_val_batches=args.max_val_batches, progress=False)
         methods = (["zero-shot", "finetune", "prune-then-finetune"] + (["prune-then-finetune-tol"] if args.tolerance else [])
-                   + (["prune-then-finetune-norm"] if args.normalize else []))
+                   + (["prune-then-finetune-norm"] if args.normalize else [])
+                   + (["prune-then-finetune-ffn"] if args.ffn_only else []))
         plan = [(m, meth) for m in args.models for meth in methods]
         if not args.no_scratch:
             plan.append(("patchtst_scratch", "scratch"))
@@ -96,6 +98,8 @@ def run(args):
                     tol = {"tolerance": args.tolerance, "patience": 3} if method.endswith("-tol") else {"patience": 1}
                     if method.endswith("-norm"):
                         tol["normalize"] = "mean"
+                    if method.endswith("-ffn"):
+                        tol["units"] = ("ffn",)
                     model = compress.prune_then_finetune(
                         base, train, val, max_ratio=args.max_ratio, step_fraction=args.step_fraction, **tol,
                         calibration_batches=args.calibration_batches, validation_batches=args.max_val_batches,
@@ -223,6 +227,8 @@ def main():
     ap.add_argument("--normalize", action="store_true",
                     help="also run prune-then-finetune-norm: scores divided by their layer's mean before the "
                          "global ranking (normalize='mean'), patience 1")
+    ap.add_argument("--ffn-only", action="store_true",
+                    help="also run prune-then-finetune-ffn: FFN channels only, heads kept, patience 1")
     ap.add_argument("--test-stride", type=int, default=4)
     ap.add_argument("--no-scratch", action="store_true", help="skip the PatchTST-from-scratch baseline")
     ap.add_argument("--threads", type=int, default=2)

@@ -15,6 +15,7 @@ Methods per (model, dataset, horizon):
   prune-then-finetune-norm  (with --normalize) the same as prune-then-finetune with each
                        layer's scores divided by their mean before the global ranking
   prune-then-finetune-ffn   (with --ffn-only) the same, cutting FFN channels only (no heads)
+  prune-then-finetune-p3    (with --patience3) the same with patience 3 (no tolerance)
   scratch              PatchTST (size "small", same context/horizon) trained from scratch
                        with twice the fine-tuning budget at --scratch-lr, the specialised baseline
 The fine-tuning budget is capped (epochs x max_train_batches of 32 windows) to fit a 2-core
@@ -73,7 +74,8 @@ def run(args):
                   max_val_batches=args.max_val_batches, progress=False)
         methods = (["zero-shot", "finetune", "prune-then-finetune"] + (["prune-then-finetune-tol"] if args.tolerance else [])
                    + (["prune-then-finetune-norm"] if args.normalize else [])
-                   + (["prune-then-finetune-ffn"] if args.ffn_only else []))
+                   + (["prune-then-finetune-ffn"] if args.ffn_only else [])
+                   + (["prune-then-finetune-p3"] if args.patience3 else []))
         plan = [(m, meth) for m in args.models for meth in methods]
         if not args.no_scratch:
             plan.append(("patchtst_scratch", "scratch"))
@@ -98,6 +100,8 @@ def run(args):
                     tol = {"tolerance": args.tolerance, "patience": 3} if method.endswith("-tol") else {"patience": 1}
                     if method.endswith("-norm"):
                         tol["normalize"] = "mean"
+                    if method.endswith("-p3"):
+                        tol["patience"] = 3
                     if method.endswith("-ffn"):
                         tol["units"] = ("ffn",)
                     model = compress.prune_then_finetune(
@@ -229,6 +233,8 @@ def main():
                          "global ranking (normalize='mean'), patience 1")
     ap.add_argument("--ffn-only", action="store_true",
                     help="also run prune-then-finetune-ffn: FFN channels only, heads kept, patience 1")
+    ap.add_argument("--patience3", action="store_true",
+                    help="also run prune-then-finetune-p3: patience 3 instead of 1, no tolerance")
     ap.add_argument("--test-stride", type=int, default=4)
     ap.add_argument("--no-scratch", action="store_true", help="skip the PatchTST-from-scratch baseline")
     ap.add_argument("--threads", type=int, default=2)

@@ -142,10 +142,13 @@ def test_when_the_ptf_report_is_made_then_the_claim_check_reads_the_records(tmp_
                                "speedup": 1.7}) + "\n")
     report(str(path), str(lat))
     out = capsys.readouterr().out
-    claim = {line.split("|")[3].strip(): line for line in out.splitlines() if "finetune MSE" not in line
-             and line.count("|") == 10 and line.split("|")[4].strip().startswith("0.")}
-    assert "65%: yes" in claim["a"] and "80%: no" in claim["a"] and "0.3500" in claim["a"]
-    assert "50%: no" in claim["b"] and "+3.3%" in claim["b"]
+    claim = {tuple(c.strip() for c in line.split("|")[3:5]): line for line in out.splitlines()
+             if "| yes " in line or "| no " in line}
+    assert set(claim) == {("a", "prune-then-finetune"), ("a", "prune-then-finetune-tol"), ("b", "prune-then-finetune")}
+    assert "65.0%" in claim["a", "prune-then-finetune"] and "| yes " in claim["a", "prune-then-finetune"]
+    assert "0.3500" in claim["a", "prune-then-finetune"]
+    assert "| no " in claim["a", "prune-then-finetune-tol"]  # lower MSE, but only 20% fewer parameters
+    assert "| no " in claim["b", "prune-then-finetune"] and "+3.3%" in claim["b", "prune-then-finetune"]
     assert "1.70x" in out and "not re-timed" in out and "same shapes" in out
 
 

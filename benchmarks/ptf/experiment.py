@@ -79,6 +79,8 @@ def run(args):
         plan = [(m, meth) for m in args.models for meth in methods]
         if not args.no_scratch:
             plan.append(("patchtst_scratch", "scratch"))
+        if args.only:
+            plan = [(m, meth) for m, meth in plan if meth in args.only]
         for model_name, method in plan:
             key = (model_name, dataset, args.horizon, method)
             if key in done:
@@ -229,6 +231,8 @@ def main():
                     help="also run prune-then-finetune-ffn: FFN channels only, heads kept, patience 1")
     ap.add_argument("--patience3", action="store_true",
                     help="also run prune-then-finetune-p3: patience 3 instead of 1, no tolerance")
+    ap.add_argument("--only", nargs="*", metavar="METHOD", help="run only these methods (e.g. to split a grid "
+                                                                  "across processes)")
     ap.add_argument("--test-stride", type=int, default=4)
     ap.add_argument("--no-scratch", action="store_true", help="skip the PatchTST-from-scratch baseline")
     ap.add_argument("--threads", type=int, default=2)

@@ -193,6 +193,23 @@ def report(path, latency_path=None):
     print(tabulate(table, headers=["dataset", "H", "model", "method", "MSE", "MAE", "params kept", "FLOPs ÷",
                                    "CPU speedup"], tablefmt="github", disable_numparse=True))
     print()
+    print()
+    methods = ["zero-shot", "finetune", "prune-then-finetune", "prune-then-finetune-tol", "prune-then-finetune-p3",
+               "prune-then-finetune-norm", "prune-then-finetune-ffn"]
+    methods = [m for m in methods if any(k[3] == m for k in last)]
+    pivot = []
+    for m, d, h in sorted({k[:3] for k in last if k[0] != "patchtst_scratch"}, key=lambda k: (k[1].lower(), k[2], k[0])):
+        row = [d, h, m]
+        for meth in methods:
+            r = last.get((m, d, h, meth))
+            row.append("" if not r else "error" if r.get("error") else
+                       f"{r['mse']:.4f}" + ("" if r["params_kept"] >= 1 else f" ({r['params_kept']:.0%})"))
+        sc = last.get(("patchtst_scratch", d, h, "scratch"))
+        row.append(f"{sc['mse']:.4f}" if sc and not sc.get("error") else "")
+        pivot.append(row)
+    print(tabulate(pivot, headers=["dataset", "H", "model"] + methods + ["PatchTST scratch"], tablefmt="github",
+                   disable_numparse=True))
+    print()
     claim = []
     for (m, d, h, meth), p in sorted(last.items(), key=lambda kv: (kv[0][1].lower(), kv[0][2], kv[0][0], kv[0][3])):
         ft = last.get((m, d, h, "finetune"))

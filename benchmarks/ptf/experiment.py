@@ -24,7 +24,6 @@ latency of the unpruned model over the method's model, timed back to back (1 thr
 One JSON line per cell; cells already in the results file are skipped (resume).
 """
 import argparse
-import copy
 import json
 import os
 import sys
@@ -53,17 +52,33 @@ def load_model(name, horizon):
     raise ValueError(f"unknown model {name!r}")
 
 
+def variants(args):
+    """The prune-then-finetune methods this run asks for, each with its stopping/ranking options."""
+    table = {"prune-then-finetune": (True, {"patience": 1}),
+             "prune-then-finetune-tol": (args.tolerance, {"tolerance": args.tolerance, "patience": 3}),
+             "prune-then-finetune-norm": (args.normalize, {"patience": 1, "normalize": "mean"}),
+             "prune-then-finetune-ffn": (args.ffn_only, {"patience": 1, "units": ("ffn",)}),
+             "prune-then-finetune-p3": (args.patience3, {"patience": 3})}
+    return {method: options for method, (wanted, options) in table.items() if wanted}
+
+
+def cell_key(r):
+    return (r["model"], r["dataset"], r["horizon"], r["method"])
+
+
+def records(path):
+    if path and os.path.exists(path):
+        for line in open(path):
+            yield json.loads(line)
+
+
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
 def run(args):
-    done = set()
-    if os.path.exists(args.out):
-        for line in open(args.out):
-            r = json.loads(line)
-            if not r.get("error"):
-                done.add((r["model"], r["dataset"], r["horizon"], r["method"]))
+    done = {cell_key(r) for r in records(args.out) if not r.get("error")}
+    ptf = variants(args)
     torch.manual_seed(0)
     for dataset in args.datasets:
         train = compress.data.load(dataset, 512, args.horizon, "train")
@@ -72,10 +87,7 @@ def run(args):
         x = test.batches(8, limit=1)[0][0][:, :, :1].repeat(1, 1, 7)[:8]  # fixed timing batch [8, 512, 7]
         ft = dict(epochs=args.epochs, lr=args.lr, patience=1, batch_size=32, max_train_batches=args.max_train_batches,
                   max_val_batches=args.max_val_batches, progress=False)
-        methods = (["zero-shot", "finetune", "prune-then-finetune"] + (["prune-then-finetune-tol"] if args.tolerance else [])
-                   + (["prune-then-finetune-norm"] if args.normalize else [])
-                   + (["prune-then-finetune-ffn"] if args.ffn_only else [])
-                   + (["prune-then-finetune-p3"] if args.patience3 else []))
+        methods = ["zero-shot", "finetune", *ptf]
         plan = [(m, meth) for m in args.models for meth in methods]
         if not args.no_scratch:
             plan.append(("patchtst_scratch", "scratch"))
@@ -99,15 +111,8 @@ def run(args):
                                   lr=args.scratch_lr if method == "scratch" else args.lr)
                     model = compress.finetune(base, train, val, **budget)
                 else:
-                    tol = {"tolerance": args.tolerance, "patience": 3} if method.endswith("-tol") else {"patience": 1}
-                    if method.endswith("-norm"):
-                        tol["normalize"] = "mean"
-                    if method.endswith("-p3"):
-                        tol["patience"] = 3
-                    if method.endswith("-ffn"):
-                        tol["units"] = ("ffn",)
                     model = compress.prune_then_finetune(
-                        base, train, val, max_ratio=args.max_ratio, step_fraction=args.step_fraction, **tol,
+                        base, train, val, max_ratio=args.max_ratio, step_fraction=args.step_fraction, **ptf[method],
                         calibration_batches=args.calibration_batches, validation_batches=args.max_val_batches,
                         batch_size=32, finetune_epochs=args.epochs, lr=args.lr, finetune_patience=1,
                         max_train_batches=args.max_train_batches, max_val_batches=args.max_val_batches,
@@ -163,12 +168,7 @@ def retime(models_dir, out, repeats):
 
 
 def _last(path):
-    last = {}
-    if path and os.path.exists(path):
-        for line in open(path):
-            r = json.loads(line)
-            last[(r["model"], r["dataset"], r["horizon"], r["method"])] = r
-    return last
+    return {cell_key(r): r for r in records(path)}
 
 
 def report(path, latency_path=None):
@@ -192,7 +192,6 @@ def report(path, latency_path=None):
                       f"{r['flops_reduction']:.2f}x", speed])
     print(tabulate(table, headers=["dataset", "H", "model", "method", "MSE", "MAE", "params kept", "FLOPs ÷",
                                    "CPU speedup"], tablefmt="github", disable_numparse=True))
-    print()
     print()
     methods = ["zero-shot", "finetune", "prune-then-finetune", "prune-then-finetune-tol", "prune-then-finetune-p3",
                "prune-then-finetune-norm", "prune-then-finetune-ffn"]

@@ -77,6 +77,13 @@ def _batches(data, batch_size: int, shuffle: bool, seed: int, limit: Optional[in
         yield batch
 
 
+def _eval_batches(data, batch_size: int, limit: Optional[int]):
+    """Batches for evaluation: every window in order, or, when capped at `limit` batches, a
+    fixed seeded sample drawn across the whole split (the first windows of a split can be a
+    few days of one regime)."""
+    return _batches(data, batch_size, limit is not None, 0, limit)
+
+
 def _check_data(name: str, data) -> None:
     if data is None:
         raise ValueError(f"{name} data is missing: pass compress.data.load(..., split={name!r}) or (past, future) batches")
@@ -112,7 +119,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 64, limit: Optional[in
     model.eval()
     se = ae = count = windows = 0.0
     try:
-        for past, future in _batches(data, batch_size, limit is not None, 0, limit):
+        for past, future in _eval_batches(data, batch_size, limit):
             pred = model(past)
             if pred.shape != future.shape:
                 raise ValueError(f"model predicts {tuple(pred.shape)} but the data's targets are {tuple(future.shape)}: "
@@ -232,7 +239,7 @@ def finetune(model: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-4
 def _mean_loss(model, data, loss_fn, cfg) -> float:
     model.eval()
     total, n = 0.0, 0
-    for past, future in _batches(data, cfg.batch_size, cfg.max_val_batches is not None, 0, cfg.max_val_batches):
+    for past, future in _eval_batches(data, cfg.batch_size, cfg.max_val_batches):
         total += float(loss_fn(model(past), future)) * past.shape[0]
         n += past.shape[0]
     return total / max(n, 1)

@@ -7,7 +7,10 @@ Example:
 """
 from . import criteria, graph, models, strategies
 from .api import prune
-from .finetune import evaluate, finetune, prune_then_finetune
+# `compress.finetune` is the subpackage, made callable: `compress.finetune(model, train, val)`
+# runs the function and `import compress.finetune.trainer` still works (see its docstring)
+from . import finetune
+from .finetune import evaluate, prune_then_finetune
 # bound eagerly: a lazy attribute would be shadowed by the submodule `compress.measure` as
 # soon as anything imports it, turning `compress.measure(...)` into a call on a module
 from .measure import Measurement, measure

@@ -1,0 +1,36 @@
+"""Tracing a forecaster into prunable unit groups.
+
+torch-pruning's `DependencyGraph` does the tracing and the channel surgery; this package
+adds what it does not do for forecasting Transformers, one concern per module:
+
+* `attention` - attention heads as units: `AttentionSpec` (how to cut whole heads out of
+  one module) and the recogniser registry (`register_attention`, `recognize`).
+* `mha` - the prunable drop-in for `nn.MultiheadAttention` and the swap that installs it.
+* `tracing` - running the model, naming the module that failed, hiding recognised
+  attention modules from the tracer, inferring the protected embedding and head.
+* `timelimit` - the wall-clock limit around tracing.
+* `ffn` - FFN groups read from torch-pruning's dependency groups.
+* `units` / `surgery` - `UnitGroup` and `PruningGraph.prune_group` (the physical cut).
+* `builder` - `build`, which ties them together.
+* `memory` - `release_memory` and `describe_sizes`.
+
+Everything public is re-exported here, so `compress.graph.build`, `compress.graph.UnitGroup`
+... are the names to use.
+"""
+from .attention import (HEAD_ATTRS, INNER_ATTRS, AttentionSpec, _attr_fix, _default_fix, _generic_qkvo,
+                        head_count, recognize, register_attention)
+from .builder import build
+from .errors import GraphBuildError
+from .ffn import find_ffn_groups
+from .memory import describe_sizes, release_memory
+from .mha import MultiheadAttention, _merge_masks, swap_torch_mha
+from .surgery import PruningGraph
+from .timelimit import time_limit
+from .tracing import (_first_tensor, _module_names, _opaque_output, _OpaqueAttentionPruner, _unwrapped_parameters,
+                      infer_protected, module_trail, run_model)
+from .units import UnitGroup
+
+__all__ = [
+    "AttentionSpec", "UnitGroup", "PruningGraph", "build", "register_attention",
+    "MultiheadAttention", "GraphBuildError", "describe_sizes", "HEAD_ATTRS",
+]

@@ -1,0 +1,192 @@
+"""Attention modules as head units: `AttentionSpec`, the recogniser registry.
+
+torch-pruning couples q/k/v channels through the matmuls as if they were element-wise,
+and its head support depends on the pruner and on a scope bug (see NOTES, cause 6). Here
+every recognised attention module is described by an `AttentionSpec`, whose heads are cut
+by `AttentionSpec.prune_heads`: it slices q/k/v rows, output columns and per-head tables
+(relative-position bias columns, Fourier weights) with torch-pruning's own Linear pruning
+functions and then fixes the head-count attributes. Adapters teach the engine about new
+attention classes with `register_attention`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+__all__ = ["AttentionSpec", "register_attention", "recognize", "head_count", "HEAD_ATTRS", "INNER_ATTRS"]
+
+#: attribute names that hold a module's head count, in lookup order
+HEAD_ATTRS = ("num_heads", "n_heads", "n_head", "num_attention_heads", "heads", "h")
+#: attribute names that hold the concatenated width of all heads (heads x head_dim)
+INNER_ATTRS = ("inner_dim", "all_head_size", "inner_size", "proj_dim")
+
+_PROJ_NAMES = {
+    "q": ("q_proj", "query_projection", "q", "query", "W_Q", "wq", "to_q", "q_lin"),
+    "k": ("k_proj", "key_projection", "k", "key", "W_K", "wk", "to_k", "k_lin"),
+    "v": ("v_proj", "value_projection", "v", "value", "W_V", "wv", "to_v", "v_lin"),
+    "o": ("out_proj", "o_proj", "out_projection", "o", "out", "W_O", "wo", "to_out", "dense", "out_lin"),
+}
+
+
+
+@dataclass
+class AttentionSpec:
+    """How to cut whole heads out of one attention module.
+
+    Args:
+        module: the attention module.
+        n_heads: its current head count.
+        q, k, v, o: its projection Linears (q/k/v rows and o columns hold the heads).
+        per_head: extra per-head tensors as (owner module, parameter name, dim); that
+            dim's size is a multiple of `n_heads` and head j is block j.
+        fix: called as `fix(module, new_n_heads)` after the cut to update attributes;
+            the default sets every `HEAD_ATTRS` / `INNER_ATTRS` attribute it finds.
+    """
+
+    module: nn.Module
+    n_heads: int
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    per_head: List[Tuple[nn.Module, str, int]] = field(default_factory=list)
+    fix: Optional[Callable[[nn.Module, int], None]] = None
+
+    @property
+    def qk_dim(self) -> int:
+        return self.q.out_features // self.n_heads
+
+    @property
+    def v_dim(self) -> int:
+        return self.v.out_features // self.n_heads
+
+    def slices(self) -> List[Tuple[nn.Parameter, int, int]]:
+        """(parameter, dim, width per head) for every tensor that holds the heads."""
+        out = []
+        for lin, width in ((self.q, self.qk_dim), (self.k, self.qk_dim), (self.v, self.v_dim)):
+            out.append((lin.weight, 0, width))
+            if lin.bias is not None:
+                out.append((lin.bias, 0, width))
+        out.append((self.o.weight, 1, self.v_dim))
+        for owner, name, dim in self.per_head:
+            p = getattr(owner, name)
+            out.append((p, dim, p.shape[dim] // self.n_heads))
+        return out
+
+    def prune_heads(self, idxs: Sequence[int]) -> None:
+        """Remove heads `idxs` (physically) and update the head-count attributes."""
+        idxs = sorted(set(int(i) for i in idxs))
+        if not idxs:
+            return
+        if len(idxs) >= self.n_heads:
+            raise ValueError(f"cannot remove all {self.n_heads} heads of {type(self.module).__name__}")
+
+        def expand(width: int) -> List[int]:
+            return [h * width + j for h in idxs for j in range(width)]
+
+        dq, dv = self.qk_dim, self.v_dim
+        tp.prune_linear_out_channels(self.q, expand(dq))
+        tp.prune_linear_out_channels(self.k, expand(dq))
+        tp.prune_linear_out_channels(self.v, expand(dv))
+        tp.prune_linear_in_channels(self.o, expand(dv))
+        for owner, name, dim in self.per_head:
+            p = getattr(owner, name)
+            width = p.shape[dim] // self.n_heads
+            keep = [i for i in range(p.shape[dim]) if i // width not in set(idxs)]
+            new = torch.index_select(p.data, dim, torch.tensor(keep, device=p.device))
+            setattr(owner, name, nn.Parameter(new, requires_grad=p.requires_grad) if isinstance(p, nn.Parameter) else new)
+        old = self.n_heads
+        self.n_heads = old - len(idxs)
+        (self.fix or _default_fix)(self.module, self.n_heads, old)
+
+
+def _default_fix(module: nn.Module, new_heads: int, old_heads: int) -> None:
+    for name in HEAD_ATTRS:
+        if isinstance(getattr(module, name, None), int) and getattr(module, name) == old_heads:
+            setattr(module, name, new_heads)
+    for name in INNER_ATTRS:
+        val = getattr(module, name, None)
+        if isinstance(val, int) and val % old_heads == 0:
+            setattr(module, name, val // old_heads * new_heads)
+
+
+def _attr_fix(attr: str):
+    def fix(module: nn.Module, new_heads: int, old_heads: int) -> None:
+        setattr(module, attr, new_heads)
+        _default_fix(module, new_heads, old_heads)
+    return fix
+
+
+_RECOGNIZERS: List[Callable[[nn.Module, Optional[int]], Optional[AttentionSpec]]] = []
+
+
+def register_attention(fn: Callable[[nn.Module, Optional[int]], Optional[AttentionSpec]]):
+    """Register a recogniser `fn(module, n_heads_hint) -> AttentionSpec | None`.
+
+    Recognisers registered later are tried first, so an adapter can override the
+    generic q/k/v/o recogniser for its family's attention class.
+
+    Example:
+        >>> @compress.graph.register_attention                   # doctest: +SKIP
+        ... def t5(module, hint):
+        ...     if isinstance(module, T5Attention): return AttentionSpec(...)
+    """
+    _RECOGNIZERS.insert(0, fn)
+    return fn
+
+
+def head_count(module: nn.Module) -> Optional[int]:
+    """The head count a module declares through an attribute or its `config`."""
+    for name in HEAD_ATTRS:
+        val = getattr(module, name, None)
+        if isinstance(val, int) and not isinstance(val, bool) and val > 0:
+            return val
+    cfg = getattr(module, "config", None)
+    if cfg is not None:
+        for name in HEAD_ATTRS + ("encoder_attention_heads", "num_key_value_heads"):
+            val = getattr(cfg, name, None)
+            if isinstance(val, int) and val > 0:
+                return val
+    return None
+
+
+def _generic_qkvo(module: nn.Module, hint: Optional[int]) -> Optional[AttentionSpec]:
+    found = {}
+    children = dict(module.named_children())
+    for role, names in _PROJ_NAMES.items():
+        for n in names:
+            child = children.get(n)
+            if isinstance(child, nn.Sequential) and len(child) and isinstance(child[0], nn.Linear):
+                child = child[0]  # e.g. to_out = Sequential(Linear, Dropout)
+            if isinstance(child, nn.Linear):
+                found[role] = child
+                break
+    if len(found) < 4:
+        return None
+    n = hint or head_count(module)
+    if n is None:
+        return None
+    q, k, v, o = found["q"], found["k"], found["v"], found["o"]
+    if q.out_features != k.out_features or q.out_features % n or v.out_features % n or o.in_features != v.out_features:
+        return None
+    per_head = []
+    if hasattr(module, "per_head_parameters"):
+        per_head = list(module.per_head_parameters())
+    return AttentionSpec(module, n, q, k, v, o, per_head)
+
+
+
+_RECOGNIZERS.append(_generic_qkvo)
+
+
+def recognize(module: nn.Module, hint: Optional[int] = None) -> Optional[AttentionSpec]:
+    for fn in _RECOGNIZERS:
+        spec = fn(module, hint)
+        if spec is not None:
+            return spec
+    return None
+

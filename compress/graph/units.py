@@ -1,0 +1,60 @@
+"""`UnitGroup`: a set of coupled units (FFN channels, attention heads) removed together."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .attention import AttentionSpec
+
+__all__ = ["UnitGroup"]
+
+
+@dataclass
+class UnitGroup:
+    """A set of coupled units that are removed together.
+
+    `kind` is "ffn" (intermediate channels of a feed-forward block) or "heads" (whole
+    attention heads). `slices` lists every tensor holding the units as
+    (parameter getter, dim, width): unit j is the block [j*width, (j+1)*width) along dim.
+    `site` is the module whose *input* carries the units' activations (FFN: the down
+    projection; heads: the output projection) - criteria hook it to read activations or
+    to apply unit masks. `width` is the activation width of one unit at `site`.
+    """
+
+    name: str
+    kind: str
+    n: int
+    site: nn.Module
+    width: int
+    attention: Optional[AttentionSpec] = None
+    dg_out: List[nn.Module] = field(default_factory=list)  # FFN: Linear/Conv1d whose out-channels are the units
+    dg_in: List[nn.Module] = field(default_factory=list)   # FFN: the layers that read them
+
+    def slices(self) -> List[Tuple[torch.Tensor, int, int]]:
+        if self.kind == "heads":
+            return self.attention.slices()
+        out = []
+        for m in self.dg_out:
+            out.append((m.weight, 0, 1))
+            if m.bias is not None:
+                out.append((m.bias, 0, 1))
+        for m in self.dg_in:
+            out.append((m.weight, 1, 1))
+        return out
+
+    def unit_view(self, tensor: torch.Tensor, dim: int, width: int) -> torch.Tensor:
+        """`tensor` reshaped to [n, elements-of-one-unit]."""
+        t = tensor.movedim(dim, 0)
+        return t.reshape(self.n, width, -1).reshape(self.n, -1)
+
+    def reduce(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Sum over slices of fn(param, grad) viewed per unit -> [n]."""
+        total = torch.zeros(self.n)
+        for p, dim, width in self.slices():
+            total += fn(self.unit_view(p.detach(), dim, width),
+                        None if p.grad is None else self.unit_view(p.grad, dim, width)).float().cpu()
+        return total
+

@@ -18,7 +18,12 @@ from torch import nn
 
 from .base import Forecaster, build_record, register
 
-__all__ = ["PatchTSTForecaster", "SIZES"]
+__all__ = ["PatchTSTForecaster", "PRETRAINED_DIR", "SIZES"]
+
+#: The shipped pretrained PatchTST (`patchtst-mini-pretrained`: 3 layers, d_model 192,
+#: context 512, prediction length 192; recipe in benchmarks/pretrain/). Load it with
+#: `compress.models.load("patchtst", pretrained=PRETRAINED_DIR, horizon=96)`.
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "patchtst-mini-pretrained")
 
 SIZES = {
     "tiny": dict(

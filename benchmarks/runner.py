@@ -114,9 +114,9 @@ def _from_checkpoint(spec: ModelSpec, path: str, horizon: int):
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} not found; make it with: {TRAIN_HINT}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, torch.nn.Module):
-        model = obj
+    obj = None if os.path.isdir(path) else _read_weights(path)
+    if obj is None:  # a directory written by Forecaster.save (safetensors + description)
+        model = compress.models.load(path if os.sep in path else os.path.join(".", path))
     else:
         meta_path = os.path.splitext(path)[0] + ".json"
         if not os.path.exists(meta_path):
@@ -141,6 +141,21 @@ def _from_checkpoint(spec: ModelSpec, path: str, horizon: int):
     if getattr(model, "horizon", horizon) != horizon:
         raise ValueError(f"checkpoint {path} forecasts {model.horizon} steps, the cell asks for {horizon}")
     return model
+
+
+def _read_weights(path: str) -> dict:
+    """A state_dict from a `.safetensors` file or a `torch.save`d dict, never by unpickling code."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is not a plain state_dict ({type(e).__name__}); whole pickled models "
+                         "are not read (unpickling runs code from the file). Save with model.save(dir) or "
+                         "torch.save(model.state_dict(), path); convert an old save you trust with "
+                         "`python -m compress.models.saving convert DIR`") from None
 
 
 def build_model(spec: ModelSpec, dataset: str, horizon: int, seed: int, cache_dir: Optional[str],
@@ -176,7 +191,7 @@ def _train_cached(model, spec: ModelSpec, dataset: str, horizon: int, seed: int,
     if cache_dir:
         path = os.path.join(cache_dir, f"{spec.name}-{dataset}-{model.context_length}-{horizon}-{stamp}.pt")
         if os.path.exists(path):
-            model.load_state_dict(torch.load(path, map_location="cpu"))
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             log(f"  {spec.name}: reusing trained weights {path}")
             return model
     L = model.context_length

@@ -161,8 +161,8 @@ def test_when_pruned_cell_models_are_retimed_then_each_gets_a_speedup_record(tmp
 
     base = compress.models.load("ttm").eval()
     small = compress.prune(base, "magnitude", ratio=0.3)
-    torch.save(small, tmp_path / cell_file(("ttm", "ETTh1", 96, "prune-then-finetune")))
-    torch.save(base, tmp_path / cell_file(("ttm", "ETTh1", 96, "finetune")))  # same shapes: skipped
+    small.save(tmp_path / cell_file(("ttm", "ETTh1", 96, "prune-then-finetune")))
+    base.save(tmp_path / cell_file(("ttm", "ETTh1", 96, "finetune")))  # same shapes: skipped
     out = tmp_path / "lat.jsonl"
     retime(str(tmp_path), str(out), repeats=2)
     recs = [json.loads(line) for line in out.read_text().splitlines()]

@@ -132,14 +132,15 @@ def run(args):
             rec["seconds"] = round(time.perf_counter() - t0, 1)
             if args.save_models and not rec.get("error"):
                 os.makedirs(args.save_models, exist_ok=True)
-                torch.save(model, os.path.join(args.save_models, cell_file(key)))
+                model.save(os.path.join(args.save_models, cell_file(key)))
             print(json.dumps(rec), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
 
 def cell_file(key):
-    return "{}__{}__{}__{}.pt".format(*key)
+    """The directory (compress.models.saving layout) a cell's pruned model is saved to."""
+    return "{}__{}__{}__{}".format(*key)
 
 
 def retime(models_dir, out, repeats):
@@ -147,10 +148,11 @@ def retime(models_dir, out, repeats):
     machine (nothing else running), and append one line per cell to ``out``."""
     x = torch.randn(8, 512, 7)
     for name in sorted(os.listdir(models_dir)):
-        if not name.endswith(".pt"):
+        path = os.path.join(models_dir, name)
+        if not os.path.isfile(os.path.join(path, "compress_config.json")):
             continue
-        model_name, dataset, horizon, method = name[:-3].split("__")
-        model = torch.load(os.path.join(models_dir, name), weights_only=False).eval()
+        model_name, dataset, horizon, method = name.split("__")
+        model = compress.models.load(path).eval()
         base = load_model(model_name, int(horizon)).eval()
         if n_params(model) == n_params(base):
             continue  # same shapes as the base: speedup 1 by construction

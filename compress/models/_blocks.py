@@ -117,12 +117,27 @@ def make_config(config_class: type, size: str, overrides: dict) -> ClassicConfig
 
 
 def load_state_dict_file(forecaster: Forecaster, path: str) -> None:
-    """Load a state_dict saved by our tools (of the Forecaster or of its inner model)."""
+    """Load weights saved by our tools (of the Forecaster or of its inner model), no unpickling.
+
+    `path` is a `.safetensors` file, a directory written by `Forecaster.save`, or a
+    `torch.save`d state_dict (read with ``weights_only=True``: tensors only, no code).
+    """
     if os.path.isdir(path):
         path = os.path.join(path, Forecaster.WEIGHTS_FILE)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, nn.Module):
-        state = state.state_dict()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{forecaster.family}: no weights at {path!r}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickled modules and other objects are refused
+            raise ValueError(f"{forecaster.family}: {path!r} is not a plain state_dict ({type(e).__name__}); "
+                             "save weights with safetensors or torch.save(model.state_dict())") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
     if state and all(k.startswith("model.") for k in state):
         forecaster.load_state_dict(state)
     else:
@@ -147,6 +162,11 @@ class ClassicForecaster(Forecaster):
         if pretrained is not None:
             load_state_dict_file(forecaster, pretrained)
         return forecaster
+
+    @classmethod
+    def _skeleton(cls, meta: dict) -> "ClassicForecaster":
+        # `config` is the whole dataclass: every field given, nothing taken from a preset
+        return cls.build(pretrained=None, size="small", **meta["config"])
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         if past.shape[1] != self.context_length:

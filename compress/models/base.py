@@ -8,14 +8,13 @@ from the paper) so that everything architecture-specific lives in exactly one fi
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, ClassVar, Dict, List, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["Forecaster", "register", "available", "load", "get_adapter", "build_record"]
+__all__ = ["Forecaster", "register", "available", "load", "get_adapter", "build_record", "check_config_keys"]
 
 _REGISTRY: Dict[str, type] = {}
 
@@ -64,8 +63,13 @@ def get_adapter(name: str) -> type:
         raise ValueError(f"unknown model family {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def load(name: str, pretrained: Optional[str] = None, size: str = "small", **config) -> "Forecaster":
+def load(name, pretrained: Optional[str] = None, size: str = "small", *, allow_pickle: bool = False,
+         **config) -> "Forecaster":
     """Build a forecaster by family name, or load one saved with `Forecaster.save(dir)`.
+
+    A registered family name always means the family, even if a directory of that name
+    exists in the working directory: load such a directory as ``"./transformer"``.
+    Whatever the source, the model comes back in eval mode (call `.train()` to train it).
 
     Args:
         name: a family from `available()`, or a directory written by `Forecaster.save`.
@@ -73,16 +77,51 @@ def load(name: str, pretrained: Optional[str] = None, size: str = "small", **con
             is downloaded at run time).
         size: "tiny" (builds and runs in well under a second, for tests) or "small" (the
             reference configuration of the family).
-        **config: overrides of the family's configuration (context_length, horizon, ...).
+        allow_pickle: also read directories saved in the old pickled layout (runs code
+            from the file; warns). See `compress.models.saving.convert_legacy`.
+        **config: overrides of the family's configuration (context_length, horizon, ...);
+            unknown keys are an error.
 
     Example:
         >>> m = compress.models.load("transformer", size="tiny")   # doctest: +SKIP
         >>> m(torch.randn(2, m.context_length, 7)).shape            # doctest: +SKIP
     """
-    if os.path.isdir(name) and os.path.exists(os.path.join(name, Forecaster.CONFIG_FILE)):
-        return Forecaster.load_dir(name)
-    cls = get_adapter(name)
-    return cls.build(pretrained=pretrained, size=size, **config)
+    from . import saving
+
+    path = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if not isinstance(path, str):
+        raise TypeError(f"load() takes a family name or a directory, got {type(name).__name__}")
+    _import_adapters()
+    is_family = path in _REGISTRY and not isinstance(name, os.PathLike)
+    if not is_family and (os.path.isdir(path) or os.sep in path or (os.altsep and os.altsep in path)):
+        if pretrained is not None or config:
+            raise ValueError(f"{path!r} is a saved model: it takes no pretrained= or config overrides "
+                             f"(got {sorted(config) + (['pretrained'] if pretrained is not None else [])})")
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"no saved model at {path!r} (no such directory)")
+        return saving.load(path, allow_pickle=allow_pickle)
+    cls = get_adapter(path)
+    return cls.build(pretrained=pretrained, size=size, **config).eval()
+
+
+def check_config_keys(family: str, given, known, hint: str = "") -> None:
+    """Raise ValueError naming every key of `given` not in `known` (with close matches).
+
+    Example:
+        >>> check_config_keys("toy", {"d_modle": 8}, {"d_model"})   # doctest: +SKIP
+        ValueError: toy: unknown config key 'd_modle' (did you mean 'd_model'?) ...
+    """
+    import difflib
+
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    parts = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, sorted(known), n=1)
+        parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(f"{family}: unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
+                     f"known: {', '.join(sorted(known))}{hint}")
 
 
 def build_record(size: str, pretrained: Optional[str], overrides: dict) -> dict:
@@ -107,8 +146,8 @@ class Forecaster(nn.Module):
     """
 
     family: ClassVar[str] = "forecaster"
-    CONFIG_FILE: ClassVar[str] = "compress_config.json"
-    WEIGHTS_FILE: ClassVar[str] = "model.pt"
+    CONFIG_FILE: ClassVar[str] = "compress_config.json"  # the description (compress.models.saving)
+    WEIGHTS_FILE: ClassVar[str] = "model.safetensors"
 
     def __init__(self, model: nn.Module, context_length: int, horizon: int,
                  n_channels: Optional[int] = None, config: Optional[dict] = None):
@@ -154,29 +193,56 @@ class Forecaster(nn.Module):
 
         return describe_sizes(self)
 
-    def save(self, directory: str) -> None:
-        """Write the model and a config that states its (possibly pruned) sizes.
+    def save(self, directory, layouts=()) -> str:
+        """Write the model (safetensors weights + a JSON description of its pruned sizes).
+
+        Atomic: a save that fails leaves what was at `directory` before untouched. See
+        `compress.models.saving` for the format.
+
+        Args:
+            directory: target directory (absent, empty, or a previous save).
+            layouts: extra registered layouts to write beside it.
 
         Example:
             >>> small.save("runs/ttm-pruned"); again = compress.models.load("runs/ttm-pruned")  # doctest: +SKIP
         """
-        os.makedirs(directory, exist_ok=True)
-        meta = {
-            "family": self.family,
-            "context_length": self.context_length,
-            "horizon": self.horizon,
-            "n_channels": self.n_channels,
-            "config": self.config,
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "sizes": self.sizes(),
-        }
-        with open(os.path.join(directory, self.CONFIG_FILE), "w") as f:
-            json.dump(meta, f, indent=2, default=str)
-        torch.save(self, os.path.join(directory, self.WEIGHTS_FILE))
+        from . import saving
+
+        return saving.save(self, directory, layouts=layouts)
 
     @classmethod
-    def load_dir(cls, directory: str) -> "Forecaster":
-        _import_adapters()
-        model = torch.load(os.path.join(directory, cls.WEIGHTS_FILE), weights_only=False)
-        model.eval()
-        return model
+    def load_dir(cls, directory, allow_pickle: bool = False) -> "Forecaster":
+        """Load a directory written by `save` (eval mode); see `compress.models.load`."""
+        from . import saving
+
+        return saving.load(directory, allow_pickle=allow_pickle)
+
+    @classmethod
+    def _skeleton(cls, meta: dict) -> "Forecaster":
+        """The unpruned architecture a saved model came from, without pretrained files.
+
+        `compress.models.saving.load` then re-applies the saved widths, head counts and
+        weights. The default rebuilds from the build record (size and overrides), which
+        is exact for families whose architecture those fix; families built from a
+        checkpoint's config override this to build from the recorded native config.
+        """
+        rec = meta.get("config") or {}
+        return cls.build(pretrained=None, size=rec.get("size", "small"), **dict(rec.get("overrides") or {}))
+
+    @classmethod
+    def from_native(cls, model: nn.Module, meta: dict) -> "Forecaster":
+        """Wrap a rebuilt native model with the saved sizes and config (for `_skeleton`)."""
+        return cls(model, meta["context_length"], meta["horizon"], n_channels=meta.get("n_channels"),
+                   config=meta.get("config"))
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        own = cls.__dict__.get("prepare_for_pruning")
+        if own is not None and not getattr(own, "_compress_marks", False):
+            def prepare_for_pruning(self, *a, _own=own, **k):
+                out = _own(self, *a, **k)
+                self.compress_prepared = True  # recorded by save: load re-applies the preparation
+                return out
+            prepare_for_pruning.__doc__ = own.__doc__
+            prepare_for_pruning._compress_marks = True
+            cls.prepare_for_pruning = prepare_for_pruning

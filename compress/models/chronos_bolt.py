@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import _t5  # noqa: F401  (registers the T5 attention recogniser)
-from .base import Forecaster, build_record, register
+from .base import Forecaster, build_record, check_config_keys, register
 
 __all__ = ["ChronosBoltForecaster", "SIZES"]
 
@@ -80,6 +80,8 @@ class ChronosBoltForecaster(Forecaster):
         if size not in SIZES:
             raise ValueError(f"chronos_bolt: unknown size {size!r}; choose one of {sorted(SIZES)}")
         t5_overrides = {k: v for k, v in config.items() if k not in _CHRONOS_KEYS}
+        check_config_keys("chronos_bolt", t5_overrides, set(T5Config().to_dict()),
+                          f" (T5Config fields and {', '.join(sorted(_CHRONOS_KEYS))})")
         chronos_overrides = {_CHRONOS_KEYS[k]: v for k, v in config.items() if k in _CHRONOS_KEYS}
         if pretrained is not None:
             if not os.path.isdir(pretrained):
@@ -108,6 +110,15 @@ class ChronosBoltForecaster(Forecaster):
     def median_index(self) -> int:
         q = list(self.model.chronos_config.quantiles)
         return min(range(len(q)), key=lambda i: abs(q[i] - 0.5))
+
+    @classmethod
+    def _skeleton(cls, meta: dict) -> "Forecaster":
+        """The saved model's unpruned architecture, from its recorded native config (no checkpoint files)."""
+        from chronos.chronos_bolt import ChronosBoltModelForForecasting
+        from transformers import T5Config
+
+        native = meta["config"]["model_config"]
+        return cls.from_native(ChronosBoltModelForForecasting(T5Config.from_dict(native)), meta)
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         b, l, c = past.shape

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _t5  # noqa: F401  (registers the T5 attention recogniser)
-from .base import Forecaster, build_record, register
+from .base import Forecaster, build_record, check_config_keys, register
 
 __all__ = ["MomentForecaster", "SIZES"]
 
@@ -93,6 +93,13 @@ class MomentForecaster(Forecaster):
         if size not in SIZES:
             raise ValueError(f"moment: unknown size {size!r}; choose one of {sorted(SIZES)}")
         overrides = _native(config)
+        known = set(_COMMON) | set(_TASK) | {k for s in SIZES.values() for k in s}
+        check_config_keys("moment", overrides, known, " (MOMENT settings; horizon = forecast_horizon, "
+                          "context_length = seq_len)")
+        if isinstance(overrides.get("t5_config"), dict):
+            from transformers import T5Config
+
+            check_config_keys("moment t5_config", overrides["t5_config"], set(T5Config().to_dict()))
         horizon = int(overrides.pop("forecast_horizon", SIZES[size]["forecast_horizon"]))
         model_kwargs = {**_TASK, "forecast_horizon": horizon}
         with warnings.catch_warnings():

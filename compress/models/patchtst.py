@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .base import Forecaster, build_record, register
+from .base import Forecaster, build_record, check_config_keys, register
 
 __all__ = ["PatchTSTForecaster", "PRETRAINED_DIR", "SIZES"]
 
@@ -103,6 +103,8 @@ class PatchTSTForecaster(Forecaster):
         if size not in SIZES:
             raise ValueError(f"patchtst: unknown size {size!r}; choose one of {sorted(SIZES)}")
         overrides = _native(config)
+        check_config_keys("patchtst", overrides, set(PatchTSTConfig().to_dict()),
+                          " (PatchTSTConfig fields; horizon = prediction_length)")
         horizon = native = None
         if pretrained is not None:
             if not os.path.isdir(pretrained):
@@ -139,6 +141,14 @@ class PatchTSTForecaster(Forecaster):
                 "model_config": json.loads(cfg.to_json_string()),
             },
         ).eval()
+
+    @classmethod
+    def _skeleton(cls, meta: dict) -> "Forecaster":
+        """The saved model's unpruned architecture, from its recorded native config (no checkpoint files)."""
+        from transformers import PatchTSTConfig, PatchTSTForPrediction
+
+        native = meta["config"]["model_config"]
+        return cls.from_native(PatchTSTForPrediction(PatchTSTConfig.from_dict(native)), meta)
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         b, l, c = past.shape

@@ -20,7 +20,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .base import Forecaster, build_record, register
+from .base import Forecaster, build_record, check_config_keys, register
 
 __all__ = ["TimesFMForecaster", "SIZES"]
 
@@ -75,6 +75,8 @@ class TimesFMForecaster(Forecaster):
         if size not in SIZES:
             raise ValueError(f"timesfm: unknown size {size!r}; choose one of {sorted(SIZES)}")
         overrides = dict(config)
+        check_config_keys("timesfm", overrides, set(TimesFm2_5Config().to_dict()) | {"horizon"},
+                          " (TimesFm2_5Config fields and horizon)")
         horizon = overrides.pop("horizon", None)
         if pretrained is not None:
             if not os.path.isdir(pretrained):
@@ -100,6 +102,14 @@ class TimesFMForecaster(Forecaster):
                 "model_config": json.loads(cfg.to_json_string()),
             },
         ).eval()
+
+    @classmethod
+    def _skeleton(cls, meta: dict) -> "Forecaster":
+        """The saved model's unpruned architecture, from its recorded native config (no checkpoint files)."""
+        from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
+
+        native = meta["config"]["model_config"]
+        return cls.from_native(TimesFm2_5ModelForPrediction(TimesFm2_5Config.from_dict(native)), meta)
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         b, l, c = past.shape

@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .base import Forecaster, build_record, register
+from .base import Forecaster, build_record, check_config_keys, register
 
 __all__ = ["TTMForecaster", "PRETRAINED_DIR", "SIZES"]
 
@@ -72,6 +72,8 @@ class TTMForecaster(Forecaster):
         if pretrained is None and size == "small":
             pretrained = PRETRAINED_DIR
         overrides = _native(config)
+        check_config_keys("ttm", overrides, set(TinyTimeMixerConfig().to_dict()) | set(_ALIASES),
+                          " (TinyTimeMixerConfig fields; horizon = prediction_length)")
         if pretrained is not None:
             if not os.path.isdir(pretrained):
                 raise FileNotFoundError(f"ttm: pretrained must be a local checkpoint directory, got {pretrained!r}")
@@ -99,6 +101,14 @@ class TTMForecaster(Forecaster):
                 "model_config": json.loads(cfg.to_json_string()),
             },
         ).eval()
+
+    @classmethod
+    def _skeleton(cls, meta: dict) -> "Forecaster":
+        """The saved model's unpruned architecture, from its recorded native config (no checkpoint files)."""
+        from tsfm_public import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+        native = meta["config"]["model_config"]
+        return cls.from_native(TinyTimeMixerForPrediction(TinyTimeMixerConfig.from_dict(native)), meta)
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         # TTM left-pads / truncates to its context itself and scales each window per channel.

@@ -105,7 +105,7 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
     try:
         with module_trail(model) as trail, time_limit(
                 time_limit_s, f"building the dependency graph of {type(model).__name__} took longer than "
-                              f"{time_limit_s:.0f}s; exclude the slow part with ignore=[...], give head counts "
+                              f"{time_limit_s or 0:g}s; exclude the slow part with ignore=[...], give head counts "
                               "with heads={...}, or use a compress.models adapter"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:

@@ -27,6 +27,26 @@ def get(name: str) -> "Strategy":
         raise ValueError(f"unknown strategy {name!r}; available: {', '.join(available())}") from None
 
 
+def scalar(value, name: str) -> float:
+    """A plain float from a Python number, a numpy scalar or a one-element (0-d) tensor / array.
+
+    Example:
+        >>> scalar(torch.tensor(0.25), "ratio")
+        0.25
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be a number, not a bool")
+    if isinstance(value, (int, float)):
+        return float(value)
+    shape = getattr(value, "shape", None)
+    if shape is not None and tuple(shape) == () and hasattr(value, "item"):  # 0-d tensor / numpy scalar
+        value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    raise ValueError(f"{name}={value!r} must be a number (a Python or numpy scalar, or a 0-d tensor), "
+                    f"got {type(value).__name__}")
+
+
 @dataclass
 class PruneConfig:
     """Settings of one `compress.prune` call, validated on construction.
@@ -36,7 +56,7 @@ class PruneConfig:
         steps: prune in this many equal steps, re-scoring in between.
         scope: "layer" (the same fraction in every group) or "global" (ranked across layers).
         units: which structured units to cut: any of "ffn", "heads".
-        time_limit_s: abort graph building after this long.
+        time_limit_s: abort graph building after this long (seconds > 0, or None: no limit).
         verbose: print progress.
     """
 
@@ -44,15 +64,23 @@ class PruneConfig:
     steps: int = 1
     scope: str = "layer"
     units: Sequence[str] = ("ffn", "heads")
-    time_limit_s: float = 120.0
+    time_limit_s: Optional[float] = 120.0
     verbose: bool = False
 
     def __post_init__(self):
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
+        self.ratio = scalar(self.ratio, "ratio")
+        if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"ratio={self.ratio!r} is out of range: it is the fraction to remove and must be in [0, 1)")
-        self.ratio = float(self.ratio)
-        if not isinstance(self.steps, int) or self.steps < 1:
+        steps = scalar(self.steps, "steps")
+        if steps != int(steps) or steps < 1:
             raise ValueError(f"steps={self.steps!r} must be a positive integer")
+        self.steps = int(steps)
+        if self.time_limit_s is not None:
+            t = scalar(self.time_limit_s, "time_limit_s")
+            if not t > 0:  # also NaN
+                raise ValueError(f"time_limit_s={self.time_limit_s!r} must be a positive number of seconds "
+                                 "(or None for no limit)")
+            self.time_limit_s = t
         if self.scope not in ("layer", "global"):
             raise ValueError(f"scope={self.scope!r} must be 'layer' or 'global'")
         bad = set(self.units) - {"ffn", "heads"}

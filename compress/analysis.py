@@ -63,7 +63,7 @@ def activation_probability(model: nn.Module, batches: Sequence, **trace) -> Dict
     """
     model, groups, batches = _traced(model, batches, ("ffn",), **trace)
     crit = _criteria.get("activation").calibrate(model, batches, groups=groups)
-    return {g.name: crit.score(g) for g in groups}
+    return {g.name: crit.probability(g) for g in groups}
 
 
 def activation_sparsity(model: nn.Module, batches: Sequence, threshold: float = 0.05, **trace) -> Dict[str, float]:

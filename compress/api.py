@@ -1,7 +1,6 @@
 """`compress.prune`: resolve names, copy the model, check the inputs, run a strategy."""
 from __future__ import annotations
 
-import copy
 import sys
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -9,6 +8,7 @@ import torch
 from torch import nn
 
 from . import criteria as _criteria
+from . import guards
 from . import strategies as _strategies
 from .criteria.base import split_batch
 from .strategies.base import PruneConfig, PruneContext
@@ -75,8 +75,12 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
     strat = _strategies.get(strategy)
     if not isinstance(model, nn.Module):
         raise TypeError(f"prune() needs an nn.Module, got {type(model).__name__}")
-    calibration = _checked_batches("calibration", calibration)
-    validation = _checked_batches("validation", validation)
+    dtype, device = guards.model_dtype_device(model)
+    past_values = _is_forecaster(model)  # its inputs are values: integer batches are converted too
+    calibration = _checked_batches("calibration", calibration, dtype, device, past_values)
+    validation = _checked_batches("validation", validation, dtype, device, past_values)
+    if example_inputs is not None:
+        example_inputs = guards.conform("example_inputs", example_inputs, dtype, device, past_values)
     if strat.requires_validation and not validation:
         raise ValueError(f"strategy {strat.name!r} stops on validation loss: pass validation=[(inputs, target), ...] "
                          "(e.g. compress.data.load(..., split='val').batches(32, limit=8))")
@@ -88,19 +92,23 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
 
     # names refer to the user's model; map modules to names before copying
     names = {m: n for n, m in model.named_modules()}
+    known = list(names.values())
 
     def as_name(x):
         if isinstance(x, str):
-            return x
+            return guards.resolve_name(known, x, "ignore=/heads=")
         if x not in names:
             raise ValueError(f"ignore/heads refers to a {type(x).__name__} that is not part of the model")
         return names[x]
 
     ignore_names = [as_name(x) for x in ignore]
     head_names = {as_name(k): v for k, v in (heads or {}).items()}
+    # one Parameter used by several modules: cutting one of them would untie it, so they stay dense
+    tied = guards.tied_parameters(model)
+    ignore_names += [n for n in guards.tied_owner_names(tied) if n not in ignore_names]
 
     if not inplace:
-        model = copy.deepcopy(model)
+        model = guards.deepcopy_model(model)
     if config.ratio == 0.0:
         return model
 
@@ -122,21 +130,40 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
                        heads={by_name[n]: v for n, v in head_names.items()}, protected=protected, log=log,
                        validation=validation, options=options)
     del by_name  # holds modules a strategy may replace (nn.MultiheadAttention): let them go
-    summary = strat.run(model, crit, ctx)
-    history = list(getattr(model, "compress_pruning", []))
-    history.append({"strategy": strat.name, "criterion": repr(crit), "ratio": config.ratio, "steps": config.steps,
-                    "scope": config.scope, **summary})
-    model.compress_pruning = history
-    if hasattr(model, "after_prune"):
-        model.after_prune()
+    frozen = guards.requires_grad_record(model)
+    # inplace: a failure (any exception, Ctrl-C) puts every module back as it was
+    snapshot = guards.Snapshot(model, values=strat.writes_in_place) if inplace else None
+    try:
+        summary = strat.run(model, crit, ctx)
+        guards.restore_requires_grad(model, frozen)  # torch-pruning's new Parameters require grad
+        guards.check_tied(model, tied)
+        history = list(getattr(model, "compress_pruning", []))
+        history.append({"strategy": strat.name, "criterion": repr(crit), "ratio": config.ratio,
+                        "steps": config.steps, "scope": config.scope, **summary})
+        model.compress_pruning = history
+        if hasattr(model, "after_prune"):
+            model.after_prune()
+    except BaseException:
+        if snapshot is not None:
+            snapshot.restore()
+        raise
     return model
 
 
-def _checked_batches(name: str, batches: Optional[Iterable]) -> Optional[list]:
-    """`batches` as a list of (inputs, target) pairs with finite values, or None."""
+def _is_forecaster(model: nn.Module) -> bool:
+    from .models.base import Forecaster
+
+    return isinstance(model, Forecaster)
+
+
+def _checked_batches(name: str, batches: Optional[Iterable], dtype=torch.float32, device=None,
+                     convert_ints: bool = False) -> Optional[list]:
+    """`batches` as a list of (inputs, target) pairs with finite values in the model's dtype, or None."""
     if batches is None:
         return None
-    batches = list(batches)
+    if isinstance(batches, torch.Tensor):
+        raise ValueError(f"{name} must be a list of (inputs, target) pairs, not one tensor; e.g. [(x, y)]")
+    batches = [guards.conform(f"{name} batch {i}", b, dtype, device, convert_ints) for i, b in enumerate(batches)]
     if not batches:
         raise ValueError(f"{name} is empty: pass at least one (inputs, target) batch")
     for i, batch in enumerate(batches):

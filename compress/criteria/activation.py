@@ -3,6 +3,9 @@
 * FFN channels: activation probability, the share of calibration tokens on which the
   channel's activation (the input of the down projection) is > 0. Channels that almost
   never fire are the sparse, prunable ones the prune-then-finetune paper points at.
+  Ties (typically probability 0: a truly dead channel and a GELU channel that never fires
+  but still outputs small negative values) are broken by the mean |activation|, added
+  as a term smaller than one token's share so it never reorders distinct probabilities.
 * Attention heads: the mean norm of the head's contribution through the output
   projection (W_o[:, head] @ x_head) relative to the mean norm of the attention
   module's input.
@@ -41,7 +44,7 @@ class Activation(Criterion):
         stats: Dict[int, list] = {}
         hooks = []
         for g in groups:
-            stats[id(g)] = {"num": 0.0, "den": 0.0}
+            stats[id(g)] = {"num": 0.0, "den": 0.0, "mag": 0.0}
             if isinstance(g, WeightGroup):
                 hooks.append(g.module.register_forward_pre_hook(self._input_norm_hook(g, stats[id(g)])))
             elif g.kind == "heads":
@@ -64,7 +67,7 @@ class Activation(Criterion):
             model.train(was_training)
         if n_batches == 0:
             raise ValueError("calibration is empty: pass at least one (inputs, target) batch")
-        self._scores = {}
+        self._scores, self._probability = {}, {}
         for g in groups:
             num, den = stats[id(g)]["num"], stats[id(g)]["den"]
             if isinstance(g, WeightGroup):
@@ -74,13 +77,19 @@ class Activation(Criterion):
                 shape[1] = -1
                 self._scores[id(g)] = (w.abs() * norms.view(shape)).flatten()
             else:
-                self._scores[id(g)] = torch.as_tensor(num) / max(float(den), 1e-12)
+                score = torch.as_tensor(num) / max(float(den), 1e-12)
+                self._probability[id(g)] = score
+                if g.kind != "heads" and den:  # FFN: break ties by mean |activation| (< 1/den)
+                    mag = torch.as_tensor(stats[id(g)]["mag"]) / float(den)
+                    score = score + 0.5 / float(den) * mag / (1.0 + mag)
+                self._scores[id(g)] = score
         return self
 
     def _prob_hook(self, g, acc):
         def hook(module, args):
             x = channels_last(args[0].detach(), module)  # [T, n]
             acc["num"] = acc["num"] + (x > self.threshold).float().sum(0).cpu()
+            acc["mag"] = acc["mag"] + x.float().abs().sum(0).cpu()
             acc["den"] += x.shape[0]
         return hook
 
@@ -113,6 +122,13 @@ class Activation(Criterion):
             acc["num"] = acc["num"] + x.pow(2).sum(0).cpu()
             acc["den"] += x.shape[0]
         return hook
+
+    def probability(self, group) -> torch.Tensor:
+        """FFN: the plain activation probability per channel (`score` without the tie-break)."""
+        try:
+            return self._probability[id(group)].clone()
+        except KeyError:
+            raise RuntimeError("activation.probability() before calibrate()") from None
 
     def score(self, group) -> torch.Tensor:
         try:

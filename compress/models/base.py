@@ -184,7 +184,9 @@ class Forecaster(nn.Module):
 
     def example_inputs(self, batch_size: int = 2, n_channels: Optional[int] = None) -> torch.Tensor:
         c = self.n_channels or n_channels or 3
-        return torch.randn(batch_size, self.context_length, c)
+        p = next((p for p in self.parameters() if p.is_floating_point()), None)
+        kw = {} if p is None else {"dtype": p.dtype, "device": p.device}  # follows .double(), .to(device)
+        return torch.randn(batch_size, self.context_length, c, **kw)
 
     # --- persistence -------------------------------------------------------------
     def sizes(self) -> dict:

@@ -113,6 +113,8 @@ class Strategy:
     name: ClassVar[str] = "base"
     #: True if the strategy needs `validation` batches (`compress.prune` checks it)
     requires_validation: ClassVar[bool] = False
+    #: True if it changes weight values in place (an inplace prune then snapshots them for rollback)
+    writes_in_place: ClassVar[bool] = False
 
     def check_options(self, options: dict, config: PruneConfig) -> None:
         """Raise `ValueError` for settings this strategy does not take (default: none)."""
@@ -133,4 +135,29 @@ def checked_scores(criterion, group) -> torch.Tensor:
     if not torch.isfinite(s).all():
         raise RuntimeError(f"criterion {criterion.name!r} returned non-finite scores for {group.name}; "
                            "check the model and calibration data for NaNs")
-    return s
+    return dead_first(s, group)
+
+
+def dead_units(group) -> Optional[torch.Tensor]:
+    """[n] bool: units all of whose weights are exactly zero (they contribute nothing), or None."""
+    if not hasattr(group, "reduce") or not hasattr(group, "slices"):
+        return None
+    with torch.no_grad():
+        return group.reduce(lambda w, g: w.abs().sum(1)) == 0
+
+
+def dead_first(scores: torch.Tensor, group) -> torch.Tensor:
+    """Scores with dead units (all-zero weights) below every live unit, whatever the criterion.
+
+    A criterion can tie a dead unit with a live one (activation probability 0 for both,
+    random scores); cutting the live one first changes the outputs for nothing.
+    """
+    dead = dead_units(group)
+    if dead is None or not dead.any() or dead.all():
+        return scores
+    scores = scores.clone()
+    live = scores[~dead]
+    # below this layer's live units and below 0 (most criteria score >= 0, so globally too),
+    # by a margin small enough not to distort per-layer normalisation
+    scores[dead] = min(float(live.min()), 0.0) - 1e-3 * float(live.abs().max()) - 1e-12
+    return scores

@@ -27,6 +27,7 @@ class Unstructured(Strategy):
     """Zero the `ratio` lowest-scored weights of all prunable Linear/Conv1d layers."""
 
     name = "unstructured"
+    writes_in_place = True  # zeros are written into the weights
 
     def run(self, model, criterion, ctx: PruneContext) -> dict:
         cfg = ctx.config

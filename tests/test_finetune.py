@@ -105,3 +105,28 @@ def test_compress_measure_stays_the_function_after_importing_the_submodule():
             "assert m.flops == 8, m.flops")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+class Flat(torch.nn.Module):
+    """Its forecast does not depend on its one weight: the validation loss never improves."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 4, x.shape[2]) + 0.0 * self.w
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_when_validation_loss_never_improves_then_training_stops_after_patience_epochs(patience):
+    train, val, _ = splits()
+    tuned = compress.finetune(Flat(), train, val, epochs=10, patience=patience, max_train_batches=1, progress=False)
+    # epoch 0 is the check before training; then `patience` epochs without a better loss
+    assert [h["epoch"] for h in tuned.finetune_history] == list(range(patience + 1))
+
+
+def test_patience_must_be_positive():
+    train, val, _ = splits()
+    with pytest.raises(ValueError, match="patience=0"):
+        compress.finetune(Flat(), train, val, patience=0, progress=False)

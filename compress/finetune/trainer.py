@@ -53,7 +53,7 @@ class FinetuneConfig:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < (0 if name == "patience" else 1):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"finetune: {name}={v!r} must be a positive integer")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"finetune: lr={self.lr!r} must be a positive number")
@@ -225,7 +225,7 @@ def finetune(model: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-4
             best, best_state, bad = v, copy.deepcopy(model.state_dict()), 0
         else:
             bad += 1
-            if bad > cfg.patience:
+            if bad >= cfg.patience:
                 break
         if cfg.max_steps is not None and steps >= cfg.max_steps:
             break

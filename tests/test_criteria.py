@@ -124,6 +124,33 @@ def test_activation_probability_is_the_share_of_positive_tokens():
     torch.testing.assert_close(extra, 0.5 / tokens.shape[0] * mag / (1 + mag))
 
 
+def _brute_force_taylor(model, g, cal, first_only=False, loss_fn=F.mse_loss):
+    """Σ_samples (-g_s + g_s²/2) with g_s from one backward per sample through a unit mask at the site."""
+    ref = torch.zeros(g.n)
+    site = g.site
+    cdim = 1 if isinstance(site, torch.nn.Conv1d) else -1
+    for x, y in cal:
+        for i in range(x.shape[0]):
+            m = torch.ones(g.n, requires_grad=True)
+
+            def hook(mod, a):
+                full = m.repeat_interleave(g.width)
+                shape = [1] * a[0].dim()
+                shape[cdim] = -1
+                return (a[0] * full.view(shape),) + tuple(a[1:])
+
+            h = site.register_forward_pre_hook(hook)
+            try:
+                out = model(x[i:i + 1])
+                out = out if isinstance(out, torch.Tensor) else G._first_tensor(out)
+                loss = loss_fn(out, y[i:i + 1])
+            finally:
+                h.remove()
+            (gm,) = torch.autograd.grad(loss, m)
+            ref += -gm if first_only else -gm + gm.pow(2) / 2
+    return ref
+
+
 def test_taylor_second_order_matches_per_sample_brute_force():
     model = TinyForecaster().eval()
     pg = traced(model)
@@ -161,17 +188,63 @@ def test_taylor_first_order_is_abs_sum_of_grad_times_weight():
     torch.testing.assert_close(crit.score(g), total.abs().detach(), rtol=1e-4, atol=1e-8)
 
 
-def test_taylor_ema_weights_recent_batches():
+def test_taylor_ema_is_bias_corrected_and_weights_the_newest_batch_most():
     model = TinyForecaster().eval()
-    pg = traced(model)
-    g = pg.groups[0]
-    cal = batches(model, n=2)
-    s1 = compress.criteria.get("taylor", order=2).calibrate(model, cal[:1], groups=[g]).score(g)
-    s2 = compress.criteria.get("taylor", order=2).calibrate(model, cal[1:], groups=[g]).score(g)
-    ema = compress.criteria.get("taylor", order=2, ema=0.75).calibrate(model, cal, groups=[g]).score(g)
-    torch.testing.assert_close(ema, 0.75 * s1 + 0.25 * s2)
+    g = traced(model).groups[0]
+    cal = batches(model, n=3)
+    single = [compress.criteria.get("taylor", order=2).calibrate(model, [b], groups=[g]).score(g) for b in cal]
+    beta = 0.75
+    ema = compress.criteria.get("taylor", order=2, ema=beta).calibrate(model, cal, groups=[g]).score(g)
+    w = [(1 - beta) * beta ** (2 - i) / (1 - beta ** 3) for i in range(3)]
+    assert w[2] > w[1] > w[0] and abs(sum(w) - 1) < 1e-9
+    torch.testing.assert_close(ema, sum(wi * si for wi, si in zip(w, single)))
     total = compress.criteria.get("taylor", order=2).calibrate(model, cal, groups=[g]).score(g)
-    torch.testing.assert_close(total, s1 + s2)
+    torch.testing.assert_close(total, sum(single))
+
+
+def test_taylor_ema_state_is_carried_across_calibrate_calls_on_the_same_groups():
+    model = TinyForecaster().eval()
+    g = traced(model).groups[0]
+    cal = batches(model, n=4)
+    once = compress.criteria.get("taylor", order=2, ema=0.9).calibrate(model, cal, groups=[g]).score(g)
+    crit = compress.criteria.get("taylor", order=2, ema=0.9)
+    crit.calibrate(model, cal[:1], groups=[g])
+    rounds = crit.calibrate(model, cal[1:], groups=[g]).score(g)  # round 2 continues round 1's average
+    torch.testing.assert_close(rounds, once)
+    fresh = crit.reset().calibrate(model, cal[1:], groups=[g]).score(g)
+    alone = compress.criteria.get("taylor", order=2, ema=0.9).calibrate(model, cal[1:], groups=[g]).score(g)
+    torch.testing.assert_close(fresh, alone)
+    assert not torch.allclose(fresh, once)
+
+
+@pytest.mark.parametrize("name", ["taylor", "activation"])
+def test_scores_are_never_served_for_a_group_that_was_not_calibrated(name):
+    model = TinyForecaster().eval()
+    cal = batches(model)
+    crit = compress.criteria.get(name)
+    g = traced(model).groups[0]
+    crit.calibrate(model, cal, groups=[g])
+    old_id = id(g)
+    del g
+    for _ in range(1000):  # a new group object at the freed one's address
+        g2 = traced(TinyForecaster()).groups[0] if _ == 0 else type(g2)(**{f: getattr(g2, f) for f in
+                                                                        g2.__dataclass_fields__})
+        if id(g2) == old_id:
+            break
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        crit.score(g2)
+
+
+def test_taylor_second_order_with_the_authors_batch_mean_gradients():
+    model = TinyForecaster().eval()
+    g = next(g for g in traced(model).groups if g.kind == "ffn")
+    cal = batches(model, n=1, B=4)
+    ours = compress.criteria.get("taylor", order=2).calibrate(model, cal, groups=[g]).score(g)
+    theirs = compress.criteria.get("taylor", order=2, grad_scale="batch_mean").calibrate(model, cal, groups=[g]).score(g)
+    # per-sample gradients gs (of each sample's own loss): ours = Σ(-gs + gs²/2), theirs = Σ(-gs/B + gs²/(2B²))
+    fo = _brute_force_taylor(model, g, cal, first_only=True)
+    so = ours - fo
+    torch.testing.assert_close(theirs, fo / 4 + so / 16, rtol=1e-4, atol=1e-7)
 
 
 def test_activation_for_single_weights_is_weight_times_input_norm():

@@ -18,7 +18,7 @@ from typing import Dict
 
 import torch
 
-from .base import Criterion, WeightGroup, channels_last, forward_loss, default_loss, register
+from .base import Criterion, ScoreTable, WeightGroup, channels_last, default_loss, forward_loss, register
 
 
 @register
@@ -37,7 +37,7 @@ class Activation(Criterion):
 
     def __init__(self, threshold: float = 0.0):
         self.threshold = threshold
-        self._scores: Dict[int, torch.Tensor] = {}
+        self._scores = ScoreTable()
 
     def calibrate(self, model, batches=None, *, groups=(), loss_fn=None):
         super().calibrate(model, batches, groups=groups, loss_fn=loss_fn)
@@ -67,7 +67,7 @@ class Activation(Criterion):
             model.train(was_training)
         if n_batches == 0:
             raise ValueError("calibration is empty: pass at least one (inputs, target) batch")
-        self._scores, self._probability = {}, {}
+        self._scores, self._probability = ScoreTable(), ScoreTable()
         for g in groups:
             num, den = stats[id(g)]["num"], stats[id(g)]["den"]
             if isinstance(g, WeightGroup):
@@ -75,14 +75,14 @@ class Activation(Criterion):
                 norms = torch.as_tensor(num).sqrt()  # [in]
                 shape = [1] * w.dim()
                 shape[1] = -1
-                self._scores[id(g)] = (w.abs() * norms.view(shape)).flatten()
+                self._scores.set(g, (w.abs() * norms.view(shape)).flatten())
             else:
                 score = torch.as_tensor(num) / max(float(den), 1e-12)
-                self._probability[id(g)] = score
+                self._probability.set(g, score)
                 if g.kind != "heads" and den:  # FFN: break ties by mean |activation| (< 1/den)
                     mag = torch.as_tensor(stats[id(g)]["mag"]) / float(den)
                     score = score + 0.5 / float(den) * mag / (1.0 + mag)
-                self._scores[id(g)] = score
+                self._scores.set(g, score)
         return self
 
     def _prob_hook(self, g, acc):
@@ -125,13 +125,14 @@ class Activation(Criterion):
 
     def probability(self, group) -> torch.Tensor:
         """FFN: the plain activation probability per channel (`score` without the tie-break)."""
-        try:
-            return self._probability[id(group)].clone()
-        except KeyError:
-            raise RuntimeError("activation.probability() before calibrate()") from None
+        p = self._probability.get(group)
+        if p is None:
+            raise RuntimeError("activation.probability() for a group it was not calibrated on")
+        return p.clone()
 
     def score(self, group) -> torch.Tensor:
-        try:
-            return self._scores[id(group)].clone()
-        except KeyError:
-            raise RuntimeError("activation.score() before calibrate(): call calibrate(model, batches, groups=[...])") from None
+        s = self._scores.get(group)
+        if s is None:
+            raise RuntimeError("activation.score() for a group it was not calibrated on: call "
+                               "calibrate(model, batches, groups=[...]) with this group first")
+        return s.clone()

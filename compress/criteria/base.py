@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Dict, Iterable, List, Optional, Sequence
 
+import weakref
+
 import torch
 from torch import nn
 
-__all__ = ["Criterion", "WeightGroup", "register", "available", "get", "default_loss"]
+__all__ = ["Criterion", "WeightGroup", "register", "available", "get", "default_loss", "ScoreTable"]
 
 _REGISTRY: Dict[str, type] = {}
 
@@ -74,6 +76,33 @@ class WeightGroup:
     @property
     def n(self) -> int:
         return self.param.numel()
+
+
+class ScoreTable:
+    """Scores (or running state) per group, that never serve one group's values for another.
+
+    Keyed by `id(group)` but storing a weak reference to the group and its unit count: a
+    lookup for a different object that happens to reuse a freed group's id, or for a group
+    whose unit count changed since (a structured cut), finds nothing instead of stale scores.
+    """
+
+    def __init__(self):
+        self._d: Dict[int, tuple] = {}
+
+    def get(self, group):
+        entry = self._d.get(id(group))
+        if entry is None or entry[0]() is not group or entry[1] != group.n:
+            return None
+        return entry[2]
+
+    def set(self, group, value) -> None:
+        self._d[id(group)] = (weakref.ref(group), group.n, value)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 def default_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

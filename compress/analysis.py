@@ -31,6 +31,7 @@ from torch import nn
 
 from . import criteria as _criteria
 from . import graph as G
+from .models.base import pruning_hooks
 from .criteria.base import split_batch
 
 __all__ = ["activation_probability", "activation_sparsity", "head_output_norms", "importance_distribution",
@@ -44,10 +45,12 @@ def _traced(model: nn.Module, batches: Sequence, kinds: Tuple[str, ...], ignore=
         raise ValueError("batches is empty: pass at least one (inputs, target) batch, e.g. "
                          "compress.data.load(..., split='val').batches(32, limit=4)")
     model = copy.deepcopy(model)
-    example = model.example_inputs() if hasattr(model, "example_inputs") else split_batch(batches[0])[0]
-    if hasattr(model, "prepare_for_pruning"):
-        model.prepare_for_pruning()
-    pg = G.build(model, example, ignore=ignore, heads=heads, prune_heads="heads" in kinds)
+    hooks = pruning_hooks(model)
+    example = hooks.example_inputs()
+    if example is None:
+        example = split_batch(batches[0])[0]
+    hooks.prepare_for_pruning()
+    pg = G.build(model, example, ignore=ignore, heads=heads, units=kinds, hooks=hooks)
     order = {id(m): i for i, m in enumerate(model.modules())}
     groups = sorted((g for g in pg.groups if g.kind in kinds), key=lambda g: order.get(id(g.site), 0))  # layer order
     if not groups:

@@ -137,3 +137,63 @@ def zero_heads(attn: nn.Module, heads, n_heads):
                 lin.weight[sl] = 0
                 lin.bias[sl] = 0
             attn.out_proj.weight[:, sl] = 0
+
+
+class FusedGLUForecaster(nn.Module):
+    """A fused GLU FFN: one producer of 2f channels, `chunk(2)`, a consumer of width f."""
+
+    def __init__(self, L=16, H=4, C=3, d=16, f=24):
+        super().__init__()
+        self.H, self.C = H, C
+        self.embed = nn.Linear(C, d)
+        self.fc1, self.fc2 = nn.Linear(d, 2 * f), nn.Linear(f, d)
+        self.head = nn.Linear(L * d, H * C)
+
+    def forward(self, x):
+        z = self.embed(x)
+        a, b = self.fc1(z).chunk(2, dim=-1)
+        z = z + self.fc2(F.silu(a) * b)
+        return self.head(z.flatten(1)).view(x.shape[0], self.H, self.C)
+
+
+class ConcatFFNForecaster(nn.Module):
+    """A consumer that reads `cat([side, act(fc1(x))])`: its input is wider than the units."""
+
+    def __init__(self, L=16, H=4, C=3, d=16, f=24):
+        super().__init__()
+        self.H, self.C = H, C
+        self.embed = nn.Linear(C, d)
+        self.fc1, self.fc2 = nn.Linear(d, f), nn.Linear(d + f, d)
+        self.head = nn.Linear(L * d, H * C)
+
+    def forward(self, x):
+        z = self.embed(x)
+        z = z + self.fc2(torch.cat([z, F.gelu(self.fc1(z))], dim=-1))
+        return self.head(z.flatten(1)).view(x.shape[0], self.H, self.C)
+
+
+class GatedFFNForecaster(nn.Module):
+    """A gated FFN with two producers (SwiGLU: act(x W0) * (x W1)) and one consumer, as LLaMA/T5 v1.1."""
+
+    def __init__(self, L=16, H=4, C=3, d=16, f=24, n_layers=2):
+        super().__init__()
+        self.H, self.C = H, C
+        self.embed = nn.Linear(C, d)
+        self.blocks = nn.ModuleList([_Gated(d, f) for _ in range(n_layers)])
+        self.head = nn.Linear(L * d, H * C)
+
+    def forward(self, x):
+        z = self.embed(x)
+        for b in self.blocks:
+            z = b(z)
+        return self.head(z.flatten(1)).view(x.shape[0], self.H, self.C)
+
+
+class _Gated(nn.Module):
+    def __init__(self, d, f):
+        super().__init__()
+        self.wi_0, self.wi_1, self.wo = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False), nn.Linear(f, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, z):
+        return self.norm(z + self.wo(F.silu(self.wi_0(z)) * self.wi_1(z)))

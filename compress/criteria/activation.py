@@ -39,8 +39,8 @@ class Activation(Criterion):
         self.threshold = threshold
         self._scores = ScoreTable()
 
-    def calibrate(self, model, batches=None, *, groups=(), loss_fn=None):
-        super().calibrate(model, batches, groups=groups, loss_fn=loss_fn)
+    def calibrate(self, model, batches=None, *, groups=(), loss_fn=None, masks=None):
+        super().calibrate(model, batches, groups=groups, loss_fn=loss_fn, masks=masks)
         stats: Dict[int, list] = {}
         hooks = []
         for g in groups:

@@ -16,6 +16,8 @@ import weakref
 import torch
 from torch import nn
 
+from ..graph.masks import site_channel_dim  # noqa: F401  (re-exported: criteria use it)
+
 __all__ = ["Criterion", "WeightGroup", "register", "available", "get", "default_loss", "ScoreTable"]
 
 _REGISTRY: Dict[str, type] = {}
@@ -116,8 +118,18 @@ class Criterion:
     requires_data: ClassVar[bool] = False
 
     def calibrate(self, model: nn.Module, batches: Optional[Iterable] = None, *, groups: Sequence = (),
-                  loss_fn: Optional[Callable] = None) -> "Criterion":
-        """Collect whatever statistics `score` needs. Data-free criteria do nothing."""
+                  loss_fn: Optional[Callable] = None, masks=None) -> "Criterion":
+        """Collect whatever statistics `score` needs. Data-free criteria do nothing.
+
+        Args:
+            model: the model (its weights are never changed).
+            batches: calibration `(inputs, target)` pairs.
+            groups: the `UnitGroup`s / `WeightGroup`s to score.
+            loss_fn: `loss_fn(prediction, target)` for loss-guided criteria (MSE).
+            masks: the `compress.graph.MaskSet` currently installed on `groups` (the
+                progressive strategy's), or None. Loss-guided mask criteria differentiate
+                with respect to it; the others see the masked activations through its hooks.
+        """
         if self.requires_data and not batches:
             raise ValueError(f"criterion {self.name!r} is data-driven: pass calibration=[(inputs, target), ...] "
                              "(a few batches of training windows)")
@@ -137,11 +149,6 @@ def split_batch(batch):
         return batch[0], batch[1]
     raise ValueError("calibration batches must be (inputs, target) pairs, e.g. the items of "
                      "compress.data.load(...).batches(32)")
-
-
-def site_channel_dim(site: nn.Module) -> int:
-    """Which dim of `site`'s input carries its input channels."""
-    return 1 if isinstance(site, nn.Conv1d) else -1
 
 
 def channels_last(x: torch.Tensor, site: nn.Module) -> torch.Tensor:

@@ -18,7 +18,7 @@ class Random(Criterion):
         self.seed = seed
         self._gen = torch.Generator().manual_seed(seed)
 
-    def calibrate(self, model, batches=None, *, groups=(), loss_fn=None):
+    def calibrate(self, model, batches=None, *, groups=(), loss_fn=None, masks=None):
         self._gen = torch.Generator().manual_seed(self.seed)
         return self
 

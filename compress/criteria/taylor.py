@@ -35,12 +35,14 @@ initial state instead of a bias correction.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..graph.masks import MaskSet
 from .base import (Criterion, ScoreTable, WeightGroup, default_loss, forward_loss, register, site_channel_dim,
                    split_batch)
 
@@ -111,9 +113,12 @@ def probe_sample_layouts(model, inputs, batch: int, groups) -> Dict[int, List[Sa
     """
     from ..graph import _first_tensor, run_model
 
+    from ..graph.kinds import get_kind
+
     sites = {}
     for g in groups:
-        sites.setdefault(id(g.site), (g.site, []))[1].append(g)
+        site = get_kind(g.kind).mask_site(g)[0]
+        sites.setdefault(id(site), (site, []))[1].append(g)
     records: Dict[int, list] = {}
 
     def recorder(key, leaf):
@@ -237,8 +242,8 @@ class Taylor(Criterion):
         self._state.clear()
         return self
 
-    def calibrate(self, model, batches=None, *, groups=(), loss_fn: Optional[Callable] = None):
-        super().calibrate(model, batches, groups=groups, loss_fn=loss_fn)
+    def calibrate(self, model, batches=None, *, groups=(), loss_fn: Optional[Callable] = None, masks=None):
+        super().calibrate(model, batches, groups=groups, loss_fn=loss_fn, masks=masks)
         batches = list(batches)
         loss_fn = loss_fn or default_loss
         units = [g for g in groups if not isinstance(g, WeightGroup)]
@@ -284,10 +289,10 @@ class Taylor(Criterion):
             p.requires_grad_(id(p) in readers)
             if id(p) in readers:
                 hooks.append(p.register_post_accumulate_grad_hook(on_grad))
-        masks: Dict[int, list] = {id(g): [] for g in units}
-        if use_masks:
-            for g in units:
-                hooks.append(g.site.register_forward_pre_hook(self._mask_hook(g, masks[id(g)], layouts.get(id(g), []))))
+        # the gradients are taken with respect to the masks in use (the progressive strategy's
+        # MaskSet, which is installed), or to a MaskSet of ones made for this calibration
+        own = masks is None or not all(id(g) in masks.values for g in units)
+        mask_set = MaskSet(units) if own else masks
         self._scores = ScoreTable()
         totals: Dict[int, torch.Tensor] = {}
         n_batches = 0
@@ -296,9 +301,8 @@ class Taylor(Criterion):
                 n_batches += 1
                 batch_scores.clear()
                 for chunk, weight in _chunks(batch, self.micro_batch, self.order):
-                    for lst in masks.values():
-                        lst.clear()
-                    loss = forward_loss(model, chunk, loss_fn) * weight
+                    with mask_set.tracking(layouts) if use_masks else contextlib.nullcontext():
+                        loss = forward_loss(model, chunk, loss_fn) * weight
                     if not loss.requires_grad:
                         raise ValueError("the calibration loss does not depend on any prunable unit")
                     loss.backward()
@@ -306,7 +310,7 @@ class Taylor(Criterion):
                         B = split_batch(chunk)[1].shape[0]
                         for g in units:
                             s = batch_scores.get(id(g), torch.zeros(g.n))
-                            gs = self._per_sample(masks[id(g)], B)
+                            gs = self._per_sample(mask_set.records.get(id(g), []), B)
                             if gs is not None:
                                 if self.grad_scale == "sample":
                                     gs = gs * B  # the loss is the batch mean: B·∂L/∂m_s = ∂ℓ_s/∂m_s
@@ -348,7 +352,7 @@ class Taylor(Criterion):
         for m, layout in masks:
             if m.grad is None:
                 continue
-            g = layout.per_sample(m.grad.float().cpu(), batch)
+            g = (layout or SampleLayout()).per_sample(m.grad.float().cpu(), batch)
             if total is not None and total.shape != g.shape:
                 return None  # calls with different sample layouts cannot be added up
             total = g if total is None else total + g
@@ -361,25 +365,6 @@ class Taylor(Criterion):
             warnings.warn(f"taylor order 2: could not tell which rows of the site input belong to which sample for "
                           f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; every row of its first varying "
                           "dimension is scored as one sample there", RuntimeWarning, stacklevel=3)
-
-    @staticmethod
-    def _mask_hook(group, store: list, layouts: List[SampleLayout]):
-        def hook(module, args):
-            x = args[0]
-            cdim = site_channel_dim(module) % x.dim()
-            call = len(store)
-            layout = layouts[call] if call < len(layouts) else SampleLayout(0)
-            d = layout.dim % x.dim()
-            R = x.shape[d]
-            m = torch.ones(R, group.n, dtype=x.dtype, device=x.device, requires_grad=True)
-            store.append((m, layout))
-            full = m.repeat_interleave(group.width, dim=1)  # [R, n*width]
-            shape = [1] * x.dim()
-            shape[d], shape[cdim] = R, full.shape[1]
-            full = full.view(shape) if d < cdim else full.t().reshape(shape)
-            return (x * full,) + tuple(args[1:])
-
-        return hook
 
     def score(self, group) -> torch.Tensor:
         s = self._scores.get(group)

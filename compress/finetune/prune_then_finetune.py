@@ -12,7 +12,7 @@ from .trainer import _check_data, evaluate, finetune
 __all__ = ["prune_then_finetune"]
 
 #: keys of **options that go to the progressive strategy; the rest go to `finetune`
-_PRUNE_OPTIONS = ("max_rounds", "normalize", "tolerance")
+_PRUNE_OPTIONS = ("max_rounds", "normalize", "tolerance", "ranking")
 _PRUNE_ARGS = ("units", "ignore", "heads", "example_inputs", "time_limit_s")
 
 
@@ -74,11 +74,11 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
     for name, v in (("calibration_batches", calibration_batches), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"prune_then_finetune: {name}={v!r} must be a positive integer")
-    taylor_kw = {k: options.pop(k) for k in ("order", "ema") if k in options}
+    taylor_kw = {k: options.pop(k) for k in ("order", "ema", "grad_scale") if k in options}
     if criterion == "taylor":
         criterion = _criteria.get("taylor", **{"order": 2, "ema": 0.9, **taylor_kw})
     elif taylor_kw:
-        raise ValueError("order=/ema= only apply to criterion='taylor'")
+        raise ValueError("order=/ema=/grad_scale= only apply to criterion='taylor'")
     strategy_options = {"step_fraction": step_fraction, "patience": patience,
                         **{k: options.pop(k) for k in _PRUNE_OPTIONS if k in options}}
     prune_kw = {k: options.pop(k) for k in _PRUNE_ARGS if k in options}

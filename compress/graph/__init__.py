@@ -10,6 +10,10 @@ adds what it does not do for forecasting Transformers, one concern per module:
   attention modules from the tracer, inferring the protected embedding and head.
 * `timelimit` - the wall-clock limit around tracing.
 * `ffn` - FFN groups read from torch-pruning's dependency groups.
+* `kinds` - the unit-kind registry (`UnitKind`, `register_kind`): how each kind of unit
+  ("ffn", "heads", ...) is found, masked, cut and fixed up.
+* `masks` - `MaskSet`, the one set of unit masks the progressive strategy and the Taylor
+  criterion share.
 * `units` / `surgery` - `UnitGroup` and `PruningGraph.prune_group` (the physical cut).
 * `builder` - `build`, which ties them together.
 * `memory` - `release_memory` and `describe_sizes`.
@@ -22,6 +26,8 @@ from .attention import (HEAD_ATTRS, INNER_ATTRS, AttentionSpec, _attr_fix, _defa
 from .builder import build
 from .errors import GraphBuildError
 from .ffn import find_ffn_groups
+from .kinds import FindContext, UnitKind, available_kinds, get_kind, register_kind
+from .masks import MaskSet, scale_site_input, site_channel_dim
 from .memory import describe_sizes, release_memory
 from .mha import MultiheadAttention, _merge_masks, swap_torch_mha
 from .surgery import PruningGraph
@@ -33,4 +39,5 @@ from .units import UnitGroup
 __all__ = [
     "AttentionSpec", "UnitGroup", "PruningGraph", "build", "register_attention",
     "MultiheadAttention", "GraphBuildError", "describe_sizes", "HEAD_ATTRS",
+    "UnitKind", "register_kind", "get_kind", "available_kinds", "FindContext", "MaskSet",
 ]

@@ -18,7 +18,7 @@ from torch import nn
 
 from .attention import AttentionSpec, _attr_fix, recognize
 from .errors import GraphBuildError
-from .ffn import find_ffn_groups
+from .kinds import FindContext, available_kinds, get_kind
 from .memory import release_memory
 from .mha import swap_torch_mha
 from .surgery import PruningGraph
@@ -32,7 +32,8 @@ __all__ = ["build"]
 
 def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Optional[dict] = None,
           protected: Optional[Sequence[nn.Module]] = None, prune_heads: bool = True,
-          time_limit_s: float = 120.0, verbose: bool = False) -> PruningGraph:
+          time_limit_s: float = 120.0, verbose: bool = False, units: Optional[Sequence[str]] = None,
+          hooks=None) -> PruningGraph:
     """Trace `model` and collect its FFN and attention-head unit groups.
 
     Args:
@@ -44,7 +45,10 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
             an attribute the engine knows, or `{module_or_name: "attr"}` naming the
             attribute that holds it (it is then updated after pruning).
         protected: modules left dense (input embedding, head); inferred if None.
-        prune_heads: find attention-head groups.
+        prune_heads: find attention-head groups (and swap `nn.MultiheadAttention`).
+        units: the unit kinds to find (`compress.graph.available_kinds()`); None: every
+            kind that is found by default, less "heads" unless `prune_heads`.
+        hooks: the model's `PruningHooks` (handed to each kind's `find`).
         time_limit_s: abort graph building after this many seconds.
     """
     t0 = time.perf_counter()
@@ -72,8 +76,12 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
         hints[m] = int(v)
 
     by_name.clear()  # it holds modules the MHA swap replaces: let them go
-    if prune_heads:
-        swap_torch_mha(model)
+    if units is None:
+        units = [k for k in available_kinds(default_only=True) if k != "heads" or prune_heads]
+    units = [get_kind(k).name for k in units]  # unknown names fail here, clearly
+    swapped: list = []
+    if "heads" in units:
+        swap_torch_mha(model, swapped)
         names = _module_names(model)
     ignored_ids = {id(m) for m in ignored}
     specs: List[AttentionSpec] = []
@@ -142,15 +150,13 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
     for m in list(protected) + ignored:
         protected_ids.update(id(sub) for sub in m.modules())
 
-    groups: List[UnitGroup] = []
     names = _module_names(model)
-    for s in specs:
-        if any(id(x) in protected_ids for x in (s.module, s.q, s.k, s.v, s.o)):
-            continue
-        groups.append(UnitGroup(names.get(s.module, "?") + ".heads", "heads", s.n_heads, s.o, s.v_dim, attention=s))
-
-    groups += find_ffn_groups(dg, names, protected_ids)
+    ctx = FindContext(model, names, dg, specs, protected_ids, hooks)
+    groups: List[UnitGroup] = []
+    for kind in units:
+        groups += get_kind(kind).find(ctx)
+    ctx.dg = None
     del dg  # see PruningGraph
     release_memory(model)
-    return PruningGraph(model, groups, specs, list(protected), time.perf_counter() - t0)
+    return PruningGraph(model, groups, specs, list(protected), time.perf_counter() - t0, swapped)
 

@@ -3,7 +3,10 @@
 A torch-pruning group rooted at a Linear/Conv1d whose out-channels reach only the
 in-channels of other Linear/Conv1d layers (nothing on the residual stream: no norm, no
 embedding, no head, no attention) is an FFN group: one producer (or a gated pair) and one
-consumer.
+consumer, all of the group's width. Groups whose channels pass a concat or split between
+producer and consumer (a fused GLU's `chunk(2)`, `cat([side, fc1(x)])`) are left out:
+torch-pruning maps indices through those ops, but `prune_group` cuts the same indices on
+every member, which is only right when every member's width is the unit count.
 """
 from __future__ import annotations
 
@@ -47,7 +50,12 @@ def find_ffn_groups(dg: tp.DependencyGraph, names: Dict[nn.Module, str], protect
             _in_width(outs[0]) == _in_width(outs[1])
         if not ok or len(ins) != 1 or not (len(outs) == 1 or gated):
             continue  # fan-out FFNs (several consumers) are left alone too
-        n = m.out_channels if isinstance(m, nn.Conv1d) else m.out_features
+        n = _out_width(m)
+        if any(_out_width(o) != n for o in outs) or any(_in_width(i) != n for i in ins):
+            # the channels pass a concat or split on the way (a fused GLU's chunk(2), a
+            # cat([side, fc1(x)])): unit j of the producer is not column j of the consumer,
+            # so the raw indices would cut the wrong columns; such groups are not prunable
+            continue
         groups.append(UnitGroup(names.get(m, "?") + ".ffn", "ffn", n, ins[0], 1, dg_out=outs, dg_in=ins))
     return groups
 
@@ -58,6 +66,10 @@ def _parent(names: Dict[nn.Module, str], m: nn.Module) -> str:
 
 def _in_width(m: nn.Module) -> int:
     return m.in_channels if isinstance(m, nn.Conv1d) else m.in_features
+
+
+def _out_width(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.Conv1d) else m.out_features
 
 
 def _is_op(t) -> bool:

@@ -120,11 +120,24 @@ def _merge_masks(attn_mask, key_padding_mask, B, h, Lq, Lk, dtype):
     return mask
 
 
-def swap_torch_mha(model: nn.Module) -> int:
-    """Replace every `nn.MultiheadAttention` in `model` by the prunable drop-in."""
+def swap_torch_mha(model: nn.Module, record: Optional[list] = None) -> int:
+    """Replace every `nn.MultiheadAttention` in `model` by the prunable drop-in.
+
+    Args:
+        model: the model, changed in place.
+        record: if given, `(parent, name, original, drop-in)` is appended for every swap
+            (the drop-in shares the original's weights, so keeping it costs no memory).
+
+    Returns:
+        How many modules were swapped.
+    """
     targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
                if type(child) is nn.MultiheadAttention]
-    for parent, name in targets:  # one at a time, so each original is freed before the next
-        setattr(parent, name, MultiheadAttention.from_torch(getattr(parent, name)))
+    for parent, name in targets:
+        original = getattr(parent, name)
+        new = MultiheadAttention.from_torch(original)
+        setattr(parent, name, new)
+        if record is not None:
+            record.append((parent, name, original, new))
     return len(targets)
 

@@ -5,10 +5,9 @@ tensors of a group they are applied to.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Sequence
 
-import torch_pruning as tp
 from torch import nn
 
 from .attention import AttentionSpec
@@ -30,23 +29,35 @@ class PruningGraph:
     attention: List[AttentionSpec]
     protected: List[nn.Module]
     build_seconds: float = 0.0
+    #: (parent, attribute, original nn.MultiheadAttention, drop-in) for every swap `build` made
+    swapped: List[tuple] = field(default_factory=list)
 
     def of_kind(self, kind: str) -> List[UnitGroup]:
         return [g for g in self.groups if g.kind == kind]
 
     def prune_group(self, group: UnitGroup, idxs: Sequence[int]) -> None:
-        """Physically remove units `idxs` of `group` (torch-pruning's layer pruners)."""
+        """Physically remove units `idxs` of `group` (its kind's `cut`, torch-pruning's layer
+        pruners underneath), then let the kind fix attributes (`after_cut`)."""
+        from .kinds import get_kind
+
         idxs = sorted(set(int(i) for i in idxs))
         if not idxs:
             return
-        if group.kind == "heads":
-            group.attention.prune_heads(idxs)
-        else:
-            # an FFN group holds exactly its producers' out-channels and its consumers'
-            # in-channels (checked in `build`), so these cuts are the whole group
-            for m in group.dg_out:
-                tp.prune_linear_out_channels(m, idxs) if isinstance(m, nn.Linear) else tp.prune_conv_out_channels(m, idxs)
-            for m in group.dg_in:
-                tp.prune_linear_in_channels(m, idxs) if isinstance(m, nn.Linear) else tp.prune_conv_in_channels(m, idxs)
+        if len(idxs) >= group.n:
+            raise ValueError(f"cannot remove all {group.n} units of {group.name}")
+        kind = get_kind(group.kind)
+        kind.cut(group, idxs)
         group.n -= len(idxs)
+        kind.after_cut(group, self.model)
 
+    def restore_unpruned_attention(self) -> int:
+        """Put back the original `nn.MultiheadAttention` of every swapped module whose heads
+        were not cut (it shares their weights), so an uncut model stays bit-identical and
+        keeps torch's fused fast path. Returns how many were put back."""
+        back = 0
+        for parent, name, original, dropin in self.swapped:
+            if getattr(parent, name) is dropin and dropin.num_heads == original.num_heads:
+                setattr(parent, name, original)
+                back += 1
+        self.swapped = []
+        return back

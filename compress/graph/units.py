@@ -16,8 +16,9 @@ __all__ = ["UnitGroup"]
 class UnitGroup:
     """A set of coupled units that are removed together.
 
-    `kind` is "ffn" (intermediate channels of a feed-forward block) or "heads" (whole
-    attention heads). `slices` lists every tensor holding the units as
+    `kind` names a registered `compress.graph.UnitKind` ("ffn": intermediate channels of a
+    feed-forward block; "heads": whole attention heads), which says how the units are
+    found, masked and cut. `slices` lists every tensor holding the units as
     (parameter getter, dim, width): unit j is the block [j*width, (j+1)*width) along dim.
     `site` is the module whose *input* carries the units' activations (FFN: the down
     projection; heads: the output projection) - criteria hook it to read activations or
@@ -34,16 +35,9 @@ class UnitGroup:
     dg_in: List[nn.Module] = field(default_factory=list)   # FFN: the layers that read them
 
     def slices(self) -> List[Tuple[torch.Tensor, int, int]]:
-        if self.kind == "heads":
-            return self.attention.slices()
-        out = []
-        for m in self.dg_out:
-            out.append((m.weight, 0, 1))
-            if m.bias is not None:
-                out.append((m.bias, 0, 1))
-        for m in self.dg_in:
-            out.append((m.weight, 1, 1))
-        return out
+        from .kinds import get_kind
+
+        return get_kind(self.kind).slices(self)
 
     def unit_view(self, tensor: torch.Tensor, dim: int, width: int) -> torch.Tensor:
         """`tensor` reshaped to [n, elements-of-one-unit]."""

@@ -14,7 +14,8 @@ from typing import Callable, ClassVar, Dict, List, Optional
 import torch
 from torch import nn
 
-__all__ = ["Forecaster", "register", "available", "load", "get_adapter", "build_record", "check_config_keys"]
+__all__ = ["Forecaster", "PruningHooks", "pruning_hooks", "register", "available", "load", "get_adapter",
+           "build_record", "check_config_keys"]
 
 _REGISTRY: Dict[str, type] = {}
 
@@ -130,7 +131,80 @@ def build_record(size: str, pretrained: Optional[str], overrides: dict) -> dict:
             "overrides": overrides}
 
 
-class Forecaster(nn.Module):
+class PruningHooks:
+    """What the pruning engine asks of a model, each with a default.
+
+    `Forecaster` implements this interface (adapters override what their family needs);
+    any other `nn.Module` gets it through `pruning_hooks(model)`, which uses the module's
+    own methods of these names where it has them and the defaults otherwise. Strategies
+    and `compress.prune` call only these methods, never `hasattr` on the model.
+
+    Methods:
+        prepare_for_pruning(): called on the copy before it is traced (untie shared
+            per-head tables, make frozen position tables visible to tracing...).
+        after_prune(): called after a cut (bring config fields in line with the new sizes).
+        protected_modules(): modules default pruning leaves dense (input embedding,
+            forecasting head); an empty list lets the engine infer them.
+        example_inputs(batch_size, n_channels): one input batch for tracing, or None.
+    """
+
+    def prepare_for_pruning(self) -> None:
+        """Called on the copy before structured pruning traces it (untie shared per-head tables...)."""
+
+    def after_prune(self) -> None:
+        """Called after a cut: bring config fields in line with the new sizes."""
+
+    def protected_modules(self) -> List[nn.Module]:
+        """Modules default pruning leaves alone (input embedding, forecasting head)."""
+        return []
+
+    def example_inputs(self, batch_size: int = 2, n_channels: Optional[int] = None):
+        """One input batch for tracing, or None if the model cannot say."""
+        return None
+
+
+class _ModuleHooks(PruningHooks):
+    """`PruningHooks` of a plain `nn.Module`: its own methods of these names, else the defaults."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def _own(self, name):
+        fn = getattr(self.module, name, None)
+        return fn if callable(fn) else None
+
+    def prepare_for_pruning(self) -> None:
+        fn = self._own("prepare_for_pruning")
+        if fn:
+            fn()
+
+    def after_prune(self) -> None:
+        fn = self._own("after_prune")
+        if fn:
+            fn()
+
+    def protected_modules(self) -> List[nn.Module]:
+        fn = self._own("protected_modules")
+        return list(fn() or []) if fn else []
+
+    def example_inputs(self, batch_size: int = 2, n_channels: Optional[int] = None):
+        fn = self._own("example_inputs")
+        return fn() if fn else None
+
+
+def pruning_hooks(model: nn.Module) -> PruningHooks:
+    """The `PruningHooks` of `model`: itself for a `Forecaster`, an adapter for any other module.
+
+    Example:
+        >>> import torch
+        >>> from compress.models.base import pruning_hooks
+        >>> pruning_hooks(torch.nn.Linear(2, 2)).protected_modules()
+        []
+    """
+    return model if isinstance(model, PruningHooks) else _ModuleHooks(model)
+
+
+class Forecaster(PruningHooks, nn.Module):
     """A point forecaster: `forward(past[B, L, C]) -> forecast[B, H, C]`.
 
     Subclasses implement `build(pretrained, size, **config)` and `_forecast(past)`, and
@@ -172,15 +246,7 @@ class Forecaster(nn.Module):
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def prepare_for_pruning(self) -> None:
-        """Called on the copy before structured pruning traces it (untie shared per-head tables...)."""
-
-    def after_prune(self) -> None:
-        """Called after a cut: bring config fields in line with the new sizes."""
-
-    def protected_modules(self) -> List[nn.Module]:
-        """Modules default pruning leaves alone (input embedding, forecasting head)."""
-        return []
+    # prepare_for_pruning, after_prune, protected_modules: see PruningHooks (defaults there)
 
     def example_inputs(self, batch_size: int = 2, n_channels: Optional[int] = None) -> torch.Tensor:
         c = self.n_channels or n_channels or 3

@@ -55,7 +55,8 @@ class PruneConfig:
         ratio: fraction of units (structured) or weights (unstructured) to remove, in [0, 1).
         steps: prune in this many equal steps, re-scoring in between.
         scope: "layer" (the same fraction in every group) or "global" (ranked across layers).
-        units: which structured units to cut: any of "ffn", "heads".
+        units: which structured units to cut: registered unit kinds
+            (`compress.graph.available_kinds()`: "ffn", "heads", ...).
         time_limit_s: abort graph building after this long (seconds > 0, or None: no limit).
         verbose: print progress.
     """
@@ -83,9 +84,13 @@ class PruneConfig:
             self.time_limit_s = t
         if self.scope not in ("layer", "global"):
             raise ValueError(f"scope={self.scope!r} must be 'layer' or 'global'")
-        bad = set(self.units) - {"ffn", "heads"}
+        from ..graph import available_kinds
+
+        if isinstance(self.units, str):
+            self.units = (self.units,)
+        bad = set(self.units) - set(available_kinds())
         if bad or not self.units:
-            raise ValueError(f"units={tuple(self.units)!r}: choose from 'ffn', 'heads'")
+            raise ValueError(f"units={tuple(self.units)!r}: choose from {', '.join(map(repr, available_kinds()))}")
         self.units = tuple(self.units)
 
     def fraction_after(self, step: int) -> float:
@@ -161,3 +166,43 @@ def dead_first(scores: torch.Tensor, group) -> torch.Tensor:
     # by a margin small enough not to distort per-layer normalisation
     scores[dead] = min(float(live.min()), 0.0) - 1e-3 * float(live.abs().max()) - 1e-12
     return scores
+
+
+def trace_units(model: nn.Module, ctx: PruneContext):
+    """The set-up every structured strategy shares: the adapter's `prepare_for_pruning`,
+    the traced graph, and its groups of the kinds asked for (a clear error if none).
+
+    Returns:
+        `(pruning_graph, groups)`.
+    """
+    from .. import graph as G
+    from ..models.base import pruning_hooks
+
+    cfg = ctx.config
+    hooks = pruning_hooks(model)
+    hooks.prepare_for_pruning()
+    pg = G.build(model, ctx.example_inputs, ignore=ctx.ignore, heads=ctx.heads, protected=ctx.protected,
+                 units=cfg.units, time_limit_s=cfg.time_limit_s, hooks=hooks)
+    groups = [g for g in pg.groups if g.kind in cfg.units]
+    counts = ", ".join(f"{sum(1 for g in groups if g.kind == k)} {k}" for k in cfg.units)
+    ctx.log(f"graph built in {pg.build_seconds:.1f}s: groups {counts}")
+    if not groups:
+        raise G.GraphBuildError(
+            f"no prunable {' or '.join(cfg.units)} units found in {type(model).__name__}: FFN blocks must be "
+            "Linear/Conv1d pairs whose channels reach the consumer unchanged (a fused GLU's chunk(2) or a "
+            "cat([side, fc1(x)]) in between is not cut), and attention modules need q/k/v/output Linears and "
+            "a head count (pass heads={module: n}), or load the model through a compress.models adapter")
+    return pg, groups
+
+
+def calibrate(criterion, model: nn.Module, ctx: PruneContext, groups, masks=None) -> None:
+    """`criterion.calibrate(...)` with the context's data, passing `masks` (a `MaskSet`) to
+    criteria whose `calibrate` takes it (criteria written before it existed may not)."""
+    import inspect
+
+    kw = dict(groups=groups, loss_fn=ctx.loss_fn)
+    if masks is not None:
+        params = inspect.signature(criterion.calibrate).parameters
+        if "masks" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kw["masks"] = masks
+    criterion.calibrate(model, ctx.calibration, **kw)

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from .. import graph as G
-from ..criteria.base import default_loss, site_channel_dim, split_batch
-from .base import PruneConfig, PruneContext, Strategy, checked_scores, register
+from ..criteria.base import default_loss, split_batch
+from .base import PruneConfig, PruneContext, Strategy, calibrate, checked_scores, register, trace_units
 
 __all__ = ["Progressive", "ProgressiveConfig", "apply_masks", "masked_loss"]
 
@@ -49,6 +49,11 @@ class ProgressiveConfig:
             divides each group's surviving scores by their mean absolute value first.
         tolerance: rounds whose validation loss is within `tolerance` (relative) of the
             lowest count as tied with it; the most pruned of them is kept.
+        ranking: "signed" (default) ranks the signed scores (an estimate of the loss change:
+            negative = removing the unit lowers the loss, so it goes first) separately per
+            kind of unit, `step_fraction` of each kind per round; "authors" ranks |score| of
+            every kind in one pool, `step_fraction` of all surviving units per round, as the
+            authors' code does (each kind still capped at `max_ratio`).
     """
 
     max_ratio: float = 0.5
@@ -57,6 +62,7 @@ class ProgressiveConfig:
     max_rounds: Optional[int] = None
     normalize: Optional[str] = None
     tolerance: float = 0.0
+    ranking: str = "signed"
 
     def __post_init__(self):
         def number(name, lo, hi, lo_open=False, hi_open=False):
@@ -78,6 +84,8 @@ class ProgressiveConfig:
             raise ValueError(f"progressive: max_rounds={self.max_rounds!r} must be a positive integer or None")
         if self.normalize not in (None, "mean"):
             raise ValueError(f"progressive: normalize={self.normalize!r} must be None or 'mean'")
+        if self.ranking not in ("signed", "authors"):
+            raise ValueError(f"progressive: ranking={self.ranking!r} must be 'signed' or 'authors'")
 
 
 def apply_masks(masks: Dict[int, torch.Tensor], groups: Sequence[G.UnitGroup]) -> List:
@@ -95,23 +103,10 @@ def apply_masks(masks: Dict[int, torch.Tensor], groups: Sequence[G.UnitGroup]) -
         >>> g = pg.groups[0]
         >>> hooks = apply_masks({id(g): torch.tensor([1., 0.] + [1.] * (g.n - 2))}, [g])  # doctest: +SKIP
     """
-    handles = []
-    for g in groups:
-        if id(g) in masks:
-            handles.append(g.site.register_forward_pre_hook(_mask_hook(g, masks[id(g)])))
-    return handles
-
-
-def _mask_hook(group: G.UnitGroup, mask: torch.Tensor):
-    def hook(module, args):
-        x = args[0]
-        cdim = site_channel_dim(module) % x.dim()
-        full = mask.to(dtype=x.dtype, device=x.device).repeat_interleave(group.width)  # [n*width]
-        shape = [1] * x.dim()
-        shape[cdim] = full.numel()
-        return (x * full.view(shape),) + tuple(args[1:])
-
-    return hook
+    chosen = [g for g in groups if id(g) in masks]
+    mask_set = G.MaskSet(chosen)
+    mask_set.values.update({id(g): masks[id(g)] for g in chosen})  # the caller's tensors: edits apply live
+    return list(mask_set.install()._handles)
 
 
 @torch.no_grad()
@@ -153,22 +148,12 @@ class Progressive(Strategy):
     def run(self, model, criterion, ctx: PruneContext) -> dict:
         cfg = ctx.config
         pcfg = ProgressiveConfig(max_ratio=cfg.ratio, **ctx.options)
-        if hasattr(model, "prepare_for_pruning"):
-            model.prepare_for_pruning()
-        pg = G.build(model, ctx.example_inputs, ignore=ctx.ignore, heads=ctx.heads,
-                     protected=ctx.protected, prune_heads="heads" in cfg.units,
-                     time_limit_s=cfg.time_limit_s)
-        groups = [g for g in pg.groups if g.kind in cfg.units]
-        if not groups:
-            raise G.GraphBuildError(
-                f"no prunable {' or '.join(cfg.units)} units found in {type(model).__name__}: FFN blocks must be "
-                "Linear/Conv1d pairs and attention modules need q/k/v/output Linears and a head count "
-                "(pass heads={module: n}), or load the model through a compress.models adapter")
+        pg, groups = trace_units(model, ctx)
         kinds = sorted({g.kind for g in groups})
         total = {k: sum(g.n for g in groups if g.kind == k) for k in kinds}
         budget = {k: int(math.floor(pcfg.max_ratio * total[k] + 1e-9)) for k in kinds}  # most units maskable
-        masks = {id(g): torch.ones(g.n) for g in groups}
-        hooks = apply_masks(masks, groups)  # the hooks read `masks` in place: updating them updates the model
+        mask_set = G.MaskSet(groups).install()  # the hooks read the masks live: updating them updates the model
+        masks = mask_set.values
         requires = {p: p.requires_grad for p in model.parameters()}
 
         def masked_of(kind):
@@ -176,7 +161,7 @@ class Progressive(Strategy):
 
         rounds = [{"round": 0, "val_loss": masked_loss(model, ctx.validation, ctx.loss_fn),
                    "masked": {k: 0 for k in kinds}}]
-        snapshots = [{k: v.clone() for k, v in masks.items()}]
+        snapshots = [mask_set.snapshot()]
         ctx.log(f"round 0: val loss {rounds[0]['val_loss']:.6g} (nothing masked)")
         best, bad, stop = rounds[0]["val_loss"], 0, "max_ratio"
         try:
@@ -186,18 +171,17 @@ class Progressive(Strategy):
                 if pcfg.max_rounds is not None and len(rounds) > pcfg.max_rounds:
                     stop = "max_rounds"
                     break
-                criterion.calibrate(model, ctx.calibration, groups=groups, loss_fn=ctx.loss_fn)
+                calibrate(criterion, model, ctx, groups, masks=mask_set)
                 scores = {id(g): checked_scores(criterion, g) for g in groups}
-                newly = 0
-                for kind in kinds:
-                    newly += self._mask_round(kind, [g for g in groups if g.kind == kind], scores, masks,
-                                              budget[kind] - masked_of(kind), pcfg)
+                room = {k: budget[k] - masked_of(k) for k in kinds}
+                pools = [groups] if pcfg.ranking == "authors" else [[g for g in groups if g.kind == k] for k in kinds]
+                newly = sum(self._mask_round(members, scores, masks, room, pcfg) for members in pools)
                 if newly == 0:
                     stop = "max_ratio"  # the budget is spent or every group is down to one unit
                     break
                 v = masked_loss(model, ctx.validation, ctx.loss_fn)
                 rounds.append({"round": len(rounds), "val_loss": v, "masked": {k: masked_of(k) for k in kinds}})
-                snapshots.append({k: m.clone() for k, m in masks.items()})
+                snapshots.append(mask_set.snapshot())
                 ctx.log(f"round {len(rounds) - 1}: masked {rounds[-1]['masked']} of {total}, val loss {v:.6g}")
                 if v < best:
                     best, bad = v, 0
@@ -207,8 +191,7 @@ class Progressive(Strategy):
                         stop = "patience"
                         break
         finally:
-            for h in hooks:
-                h.remove()
+            mask_set.remove()
             for p, r in requires.items():
                 p.requires_grad_(r)
             G.release_memory(model)
@@ -220,13 +203,14 @@ class Progressive(Strategy):
             idxs = torch.nonzero(snapshots[chosen][id(g)] == 0).flatten().tolist()
             removed[g.name] = idxs
             pg.prune_group(g, idxs)
+        pg.restore_unpruned_attention()
         ctx.log(f"kept round {chosen} of {len(rounds) - 1} (stopped on {stop}); "
                 f"val loss {rounds[chosen]['val_loss']:.6g} vs {rounds[0]['val_loss']:.6g} unpruned")
         return {"scope": "global", "steps": len(rounds) - 1, "rounds": rounds,
                 "val_loss": [r["val_loss"] for r in rounds], "chosen_round": chosen, "stopped": stop,
                 "options": {"step_fraction": pcfg.step_fraction, "patience": pcfg.patience,
                             "max_rounds": pcfg.max_rounds, "normalize": pcfg.normalize,
-                            "tolerance": pcfg.tolerance},
+                            "tolerance": pcfg.tolerance, "ranking": pcfg.ranking},
                 "groups": {g.name: {"kind": g.kind, "before": original[id(g)], "after": g.n,
                                     "removed": removed[g.name]} for g in groups},
                 "graph_seconds": pg.build_seconds}
@@ -241,11 +225,13 @@ class Progressive(Strategy):
         return max(i for i, r in enumerate(rounds) if r["val_loss"] <= limit)
 
     @staticmethod
-    def _mask_round(kind, members, scores, masks, room: int, pcfg: ProgressiveConfig) -> int:
-        """Mask the lowest-scored `step_fraction` of the surviving units of one kind; return how many."""
+    def _mask_round(members, scores, masks, room: Dict[str, int], pcfg: ProgressiveConfig) -> int:
+        """Mask the lowest-scored `step_fraction` of the surviving units of `members` (one kind,
+        or every kind with ranking "authors"), at most `room[kind]` of each kind; return how many."""
         alive = {id(g): masks[id(g)] > 0 for g in members}
         surviving = sum(int(a.sum()) for a in alive.values())
-        k = min(room, max(1, math.ceil(pcfg.step_fraction * surviving - 1e-9)))
+        k = min(sum(room[kind] for kind in {g.kind for g in members}),
+                max(1, math.ceil(pcfg.step_fraction * surviving - 1e-9)))
         if k <= 0:
             return 0
         pool = []
@@ -254,6 +240,8 @@ class Progressive(Strategy):
             live = alive[id(g)]
             if pcfg.normalize == "mean" and live.any():
                 s = s / s[live].abs().mean().clamp_min(1e-12)
+            if pcfg.ranking == "authors":
+                s = s.abs()
             pool += [(float(s[i]), gi, i) for i in torch.nonzero(live).flatten().tolist()]
         pool.sort(key=lambda t: (t[0], t[1], t[2]))  # stable: layer order, then unit index, on equal scores
         left = {id(g): int(alive[id(g)].sum()) for g in members}
@@ -262,9 +250,10 @@ class Progressive(Strategy):
             if done == k:
                 break
             g = members[gi]
-            if left[id(g)] <= 1:
-                continue  # never empty a group
+            if left[id(g)] <= 1 or room[g.kind] <= 0:
+                continue  # never empty a group, never pass a kind's budget
             masks[id(g)][i] = 0.0
             left[id(g)] -= 1
+            room[g.kind] -= 1
             done += 1
         return done

@@ -7,7 +7,8 @@ from typing import Dict, List
 import torch
 
 from .. import graph as G
-from .base import PruneContext, Strategy, checked_scores, register
+from ..graph import get_kind
+from .base import PruneContext, Strategy, calibrate, checked_scores, register, trace_units
 
 
 @register
@@ -18,35 +19,30 @@ class Structured(Strategy):
 
     def run(self, model, criterion, ctx: PruneContext) -> dict:
         cfg = ctx.config
-        if hasattr(model, "prepare_for_pruning"):  # adapter hook: untie shared per-head tables...
-            model.prepare_for_pruning()
-        pg = G.build(model, ctx.example_inputs, ignore=ctx.ignore, heads=ctx.heads,
-                     protected=ctx.protected, prune_heads="heads" in cfg.units,
-                     time_limit_s=cfg.time_limit_s)
-        groups = [g for g in pg.groups if g.kind in cfg.units]
-        ctx.log(f"graph built in {pg.build_seconds:.1f}s: {len(pg.of_kind('ffn'))} FFN groups, "
-                f"{len(pg.of_kind('heads'))} attention modules")
-        if not groups:
-            raise G.GraphBuildError(
-                f"no prunable {' or '.join(cfg.units)} units found in {type(model).__name__}: FFN blocks must be "
-                "Linear/Conv1d pairs and attention modules need q/k/v/output Linears and a head count "
-                "(pass heads={module: n}), or load the model through a compress.models adapter")
+        pg, groups = trace_units(model, ctx)
+        names = {m: n for n, m in model.named_modules()}
+        sites = {id(g): names.get(get_kind(g.kind).mask_site(g)[0], "?") for g in groups}
         original = {id(g): g.n for g in groups}
-        removed: Dict[str, int] = {}
+        alive = {id(g): list(range(g.n)) for g in groups}  # original index of each surviving unit
+        removed: Dict[int, List[int]] = {id(g): [] for g in groups}
         for step in range(1, cfg.steps + 1):
             frac = cfg.fraction_after(step)
-            criterion.calibrate(model, ctx.calibration, groups=groups, loss_fn=ctx.loss_fn)
+            calibrate(criterion, model, ctx, groups)
             scores = {id(g): checked_scores(criterion, g) for g in groups}
             G.release_memory(model)
             plan = (self._plan_layer if cfg.scope == "layer" else self._plan_global)(groups, scores, original, frac)
             for g in groups:
-                idxs = plan.get(id(g), [])
+                idxs = sorted(set(plan.get(id(g), [])))
                 if idxs:
                     pg.prune_group(g, idxs)
-                    removed[g.name] = removed.get(g.name, 0) + len(idxs)
+                    removed[id(g)] += [alive[id(g)][i] for i in idxs]
+                    drop = set(idxs)
+                    alive[id(g)] = [a for j, a in enumerate(alive[id(g)]) if j not in drop]
             ctx.log(f"step {step}/{cfg.steps}: removed {sum(len(v) for v in plan.values())} units "
                     f"(target {frac:.0%} of each kind)")
-        return {"groups": {g.name: {"kind": g.kind, "before": original[id(g)], "after": g.n} for g in groups},
+        pg.restore_unpruned_attention()
+        return {"groups": {g.name: {"kind": g.kind, "before": original[id(g)], "after": g.n, "site": sites[id(g)],
+                                    "removed": sorted(removed[id(g)])} for g in groups},
                 "graph_seconds": pg.build_seconds}
 
     @staticmethod

@@ -33,7 +33,7 @@ class Unstructured(Strategy):
         cfg = ctx.config
         protected = ctx.protected
         if protected is None:  # infer the input embedding and forecasting head from the graph
-            protected = G.build(model, ctx.example_inputs, ignore=ctx.ignore, prune_heads=False,
+            protected = G.build(model, ctx.example_inputs, ignore=ctx.ignore, units=(),
                                 time_limit_s=cfg.time_limit_s).protected
         groups = prunable_weights(model, protected, ctx.ignore)
         if not groups:

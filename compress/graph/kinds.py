@@ -1,0 +1,155 @@
+"""Unit kinds: what can be removed, as a registry.
+
+A kind of unit (FFN channels, attention heads; next: layers, experts, d_model) is one
+small class registered with `register_kind`. It says
+
+* how to **find** its groups in a traced model (`find`, given a `FindContext`),
+* which tensors hold one unit (`slices`: criteria score them),
+* how to **mask** a unit: by default the activations at `group.site` (the input of the
+  down / output projection) are multiplied by a 0/1 mask repeated `group.width` times
+  along the site's channel dim (`mask_site`; a kind whose units are not channels of one
+  site's input, such as whole layers, overrides it),
+* how to **cut** units physically (`cut`), and
+* how to **fix up** attributes and configs afterwards (`after_cut`; heads update their
+  head-count attributes there, through `AttentionSpec`).
+
+Strategies and criteria iterate over groups and ask their kind; no file outside this
+one needs to know the names "ffn" or "heads".
+
+Example:
+    >>> from compress.graph import UnitKind, register_kind, available_kinds
+    >>> @register_kind
+    ... class Experts(UnitKind):
+    ...     name = "experts_doc_example"
+    ...     def find(self, ctx):
+    ...         return []
+    >>> "experts_doc_example" in available_kinds()
+    True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .attention import AttentionSpec
+from .units import UnitGroup
+
+__all__ = ["UnitKind", "FindContext", "register_kind", "get_kind", "available_kinds"]
+
+_KINDS: Dict[str, "UnitKind"] = {}
+
+
+@dataclass
+class FindContext:
+    """What `UnitKind.find` may use.
+
+    Args:
+        model: the traced model.
+        names: `{module: qualified name}` of the model.
+        dg: torch-pruning's dependency graph (only during `build`; do not keep it).
+        attention: the recognised attention modules.
+        protected_ids: ids of modules that must stay dense (protected, ignored, their children).
+        hooks: the model's `compress.models.base.PruningHooks` (adapter declarations).
+    """
+
+    model: nn.Module
+    names: Dict[nn.Module, str]
+    dg: Optional[tp.DependencyGraph] = None
+    attention: List[AttentionSpec] = field(default_factory=list)
+    protected_ids: Set[int] = field(default_factory=set)
+    hooks: object = None
+
+
+class UnitKind:
+    """One kind of removable unit. Subclass, set `name`, implement `find` (and `cut` /
+    `slices` unless the group's `dg_out` / `dg_in` channel layout fits), register."""
+
+    name: ClassVar[str] = "base"
+    #: found only when asked for explicitly (e.g. `units=("layers",)`), not by default
+    opt_in: ClassVar[bool] = False
+
+    def find(self, ctx: FindContext) -> List[UnitGroup]:
+        raise NotImplementedError
+
+    def slices(self, group: UnitGroup) -> List[Tuple[torch.Tensor, int, int]]:
+        """(tensor, dim, width) for every tensor holding the units: unit j is block j along dim."""
+        out = []
+        for m in group.dg_out:
+            out.append((m.weight, 0, 1))
+            if m.bias is not None:
+                out.append((m.bias, 0, 1))
+        for m in group.dg_in:
+            out.append((m.weight, 1, 1))
+        return out
+
+    def mask_site(self, group: UnitGroup) -> Tuple[nn.Module, int]:
+        """(module whose input carries the units, width of one unit there)."""
+        return group.site, group.width
+
+    def cut(self, group: UnitGroup, idxs: Sequence[int]) -> None:
+        """Remove units `idxs` (sorted, unique, not all) physically."""
+        for m in group.dg_out:
+            tp.prune_linear_out_channels(m, idxs) if isinstance(m, nn.Linear) else tp.prune_conv_out_channels(m, idxs)
+        for m in group.dg_in:
+            tp.prune_linear_in_channels(m, idxs) if isinstance(m, nn.Linear) else tp.prune_conv_in_channels(m, idxs)
+
+    def after_cut(self, group: UnitGroup, model: nn.Module) -> None:
+        """Bring attributes and configs in line with the new sizes (default: nothing)."""
+
+
+def register_kind(cls: type) -> type:
+    """Class decorator: register a `UnitKind` subclass under its `name`."""
+    if not cls.name or cls.name == "base":
+        raise ValueError(f"{cls.__name__} needs a `name`")
+    _KINDS[cls.name] = cls()
+    return cls
+
+
+def get_kind(name: str) -> UnitKind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown unit kind {name!r}; available: {', '.join(available_kinds())}") from None
+
+
+def available_kinds(default_only: bool = False) -> List[str]:
+    """Registered unit kinds in registration order (`default_only`: those found unless asked otherwise)."""
+    return [k for k, v in _KINDS.items() if not (default_only and v.opt_in)]
+
+
+@register_kind
+class FFN(UnitKind):
+    """Intermediate channels of a feed-forward block (one producer or a gated pair, one consumer)."""
+
+    name = "ffn"
+
+    def find(self, ctx: FindContext) -> List[UnitGroup]:
+        from .ffn import find_ffn_groups
+
+        return find_ffn_groups(ctx.dg, ctx.names, ctx.protected_ids)
+
+
+@register_kind
+class Heads(UnitKind):
+    """Whole attention heads of a recognised attention module (`AttentionSpec`)."""
+
+    name = "heads"
+
+    def find(self, ctx: FindContext) -> List[UnitGroup]:
+        out = []
+        for s in ctx.attention:
+            if any(id(x) in ctx.protected_ids for x in (s.module, s.q, s.k, s.v, s.o)):
+                continue
+            out.append(UnitGroup(ctx.names.get(s.module, "?") + ".heads", self.name, s.n_heads, s.o, s.v_dim,
+                                 attention=s))
+        return out
+
+    def slices(self, group: UnitGroup):
+        return group.attention.slices()
+
+    def cut(self, group: UnitGroup, idxs: Sequence[int]) -> None:
+        group.attention.prune_heads(idxs)  # fixes the head-count attributes too

@@ -21,6 +21,7 @@ Example:
     >>> @register_kind
     ... class Experts(UnitKind):
     ...     name = "experts_doc_example"
+    ...     opt_in = True               # found only when asked for: units=("experts_doc_example",)
     ...     def find(self, ctx):
     ...         return []
     >>> "experts_doc_example" in available_kinds()

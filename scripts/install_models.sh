@@ -21,6 +21,8 @@
 # | uni2ts              | 2.0.0   | --no-deps  | Moirai; pins torch<2.5, numpy~=1.26, scipy~=1.11, |
 # |                     |         |            | gluonts~=0.14.3, einops 0.7, jaxtyping 0.2        |
 # | gluonts             | 0.17.0  | --no-deps  | for uni2ts (imports fine; its deps added below)   |
+# | pytorch-forecasting | 1.8.0   | plain      | foreign-forecaster tests (TimeXer, TFT blocks);   |
+# |                     |         |            | pulls scikit-base 1.0.2                           |
 # | scikit-learn        | 1.7.2   | dependency | granite-tsfm asks <1.8                            |
 # | datasets            | 5.2.0   | dependency | granite-tsfm (uni2ts asks ~=2.17, unused here)    |
 # | deprecated          | 1.3.1   | dependency | granite-tsfm                                      |
@@ -61,6 +63,7 @@ echo "torch==${TORCH_BEFORE}" >"$CONSTRAINTS"
     "transformers==5.24.0" \
     "chronos-forecasting==2.3.2" \
     "timesfm[torch]==3.0.2" \
+    "pytorch-forecasting==1.8.0" \
     "scikit-learn==1.7.2" \
     "datasets==5.2.0" \
     "deprecated==1.3.1" \
@@ -99,6 +102,7 @@ checks = {
     "chronos_bolt": ("chronos.chronos_bolt", "ChronosBoltModelForForecasting"),
     "moment": ("momentfm", "MOMENTPipeline"),
     "moirai": ("uni2ts.model.moirai", "MoiraiModule"),
+    "ptf (tests)": ("pytorch_forecasting.models.timexer._timexer_v2", "TimeXer"),
 }
 for family, (module, attr) in checks.items():
     getattr(importlib.import_module(module), attr)

@@ -48,9 +48,10 @@ class Activation(Criterion):
             if isinstance(g, WeightGroup):
                 hooks.append(g.module.register_forward_pre_hook(self._input_norm_hook(g, stats[id(g)])))
             elif g.kind == "heads":
-                hooks.append(g.attention.module.register_forward_pre_hook(
-                    self._block_input_hook(stats[id(g)]), with_kwargs=True))
-                hooks.append(g.site.register_forward_pre_hook(self._head_hook(g, stats[id(g)])))
+                for spec in g.specs():  # coupled heads: contributions of every layer add up
+                    hooks.append(spec.module.register_forward_pre_hook(
+                        self._block_input_hook(stats[id(g)]), with_kwargs=True))
+                    hooks.append(spec.o.register_forward_pre_hook(self._head_hook(g, stats[id(g)])))
             else:
                 hooks.append(g.site.register_forward_pre_hook(self._prob_hook(g, stats[id(g)])))
         was_training = model.training

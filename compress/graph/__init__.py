@@ -15,7 +15,11 @@ adds what it does not do for forecasting Transformers, one concern per module:
 * `masks` - `MaskSet`, the one set of unit masks the progressive strategy and the Taylor
   criterion share.
 * `units` / `surgery` - `UnitGroup` and `PruningGraph.prune_group` (the physical cut).
-* `builder` - `build`, which ties them together.
+* `builder` - `build`, which ties them together (and `trace_protected`, one trace without
+  grouping, for unstructured pruning).
+* `checks` - the forward check after every cut (`PruningGraph.apply`): the pruned model
+  must compute what the original computes with the removed units masked.
+* `outputs` - flattening and rebuilding outputs of any container type.
 * `memory` - `release_memory` and `describe_sizes`.
 
 Everything public is re-exported here, so `compress.graph.build`, `compress.graph.UnitGroup`
@@ -23,7 +27,8 @@ Everything public is re-exported here, so `compress.graph.build`, `compress.grap
 """
 from .attention import (HEAD_ATTRS, INNER_ATTRS, AttentionSpec, _attr_fix, _default_fix, _generic_qkvo,
                         head_count, recognize, register_attention)
-from .builder import build
+from .builder import build, trace_protected
+from .checks import WIDTH_ATTRS, CutReport, compare_outputs, cut_checked, group_records, not_prunable_summary
 from .errors import GraphBuildError
 from .ffn import find_ffn_groups
 from .kinds import FindContext, UnitKind, available_kinds, get_kind, register_kind
@@ -31,8 +36,8 @@ from .masks import MaskSet, scale_site_input, site_channel_dim
 from .memory import describe_sizes, release_memory
 from .mha import MultiheadAttention, _merge_masks, swap_torch_mha
 from .surgery import PruningGraph
-from .timelimit import time_limit
-from .tracing import (_first_tensor, _module_names, _opaque_output, _OpaqueAttentionPruner, _unwrapped_parameters,
+from .timelimit import TimeLimitExceeded, time_limit
+from .tracing import (TraceRecord, _first_tensor, _module_names, opaque_hook, _OpaqueAttentionPruner, _unwrapped_parameters,
                       infer_protected, module_trail, run_model)
 from .units import UnitGroup
 

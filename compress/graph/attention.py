@@ -154,7 +154,8 @@ def head_count(module: nn.Module) -> Optional[int]:
     return None
 
 
-def _generic_qkvo(module: nn.Module, hint: Optional[int]) -> Optional[AttentionSpec]:
+def _projections(module: nn.Module) -> dict:
+    """The q/k/v/o Linears among `module`'s children, found by their usual names."""
     found = {}
     children = dict(module.named_children())
     for role, names in _PROJ_NAMES.items():
@@ -165,19 +166,58 @@ def _generic_qkvo(module: nn.Module, hint: Optional[int]) -> Optional[AttentionS
             if isinstance(child, nn.Linear):
                 found[role] = child
                 break
+    return found
+
+
+def _layout_problem(found: dict, n: Optional[int]) -> Optional[str]:
+    """Why q/k/v/o projections with head count `n` are not cut-able heads, or None."""
     if len(found) < 4:
-        return None
-    n = hint or head_count(module)
+        missing = ", ".join(r for r in "qkvo" if r not in found)
+        return f"no {missing} projection found by name"
     if n is None:
-        return None
+        return "no head-count attribute (pass heads={name: n})"
     q, k, v, o = found["q"], found["k"], found["v"], found["o"]
+    if n > 1 and v.out_features * n == q.out_features:
+        return "shared value projection (one value head for all heads)"
     if q.out_features != k.out_features or q.out_features % n or v.out_features % n or o.in_features != v.out_features:
+        return (f"projection widths q {q.out_features}, k {k.out_features}, v {v.out_features}, "
+                f"o in {o.in_features} do not split into {n} heads")
+    return None
+
+
+def _generic_qkvo(module: nn.Module, hint: Optional[int]) -> Optional[AttentionSpec]:
+    found = _projections(module)
+    n = hint or head_count(module)
+    if _layout_problem(found, n) is not None:
         return None
     per_head = []
     if hasattr(module, "per_head_parameters"):
         per_head = list(module.per_head_parameters())
-    return AttentionSpec(module, n, q, k, v, o, per_head)
+    return AttentionSpec(module, n, found["q"], found["k"], found["v"], found["o"], per_head)
 
+
+def unrecognised_reason(module: nn.Module, hint: Optional[int] = None) -> Optional[str]:
+    """Why a module that looks like attention was not recognised, or None if it does not look like one.
+
+    It looks like attention if it has at least two projection children by the usual names
+    (q/k/v/o), per-head projection lists, or "Attention" in its class name, weights of its
+    own and a head count.
+    """
+    found = _projections(module)
+    lists = [n for n, c in module.named_children() if isinstance(c, nn.ModuleList) and len(c)
+             and all(isinstance(x, nn.Linear) for x in c) and n.lower()[:1] in "qkv"]
+    has_weights = any(True for _ in module.parameters(recurse=False)) or any(
+        isinstance(c, nn.Linear) for c in module.children())
+    looks = len(found) >= 2 or lists or ("attention" in type(module).__name__.lower() and has_weights
+                                         and head_count(module) is not None)
+    if not looks:
+        return None
+    if lists:
+        values = [n for n, c in module.named_children() if isinstance(c, nn.Linear) and n.lower().startswith("v")]
+        if values:
+            return f"shared value projection ({values[0]}) with per-head {'/'.join(lists)} lists"
+        return f"per-head projections in lists ({', '.join(lists)}): unknown layout"
+    return _layout_problem(found, hint or head_count(module)) or "unknown layout"
 
 
 _RECOGNIZERS.append(_generic_qkvo)

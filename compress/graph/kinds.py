@@ -55,6 +55,11 @@ class FindContext:
         attention: the recognised attention modules.
         protected_ids: ids of modules that must stay dense (protected, ignored, their children).
         hooks: the model's `compress.models.base.PruningHooks` (adapter declarations).
+        record: what the tracing hooks saw (per-head tensors handed between attention modules).
+        root_time_limit_s: the budget of each torch-pruning grouping call.
+        log: where progress notes go.
+        not_prunable: filled by `find` with `{name: why}` of what it had to leave whole.
+        slow_roots: filled by `find` with the roots whose grouping ran past its budget.
     """
 
     model: nn.Module
@@ -63,6 +68,11 @@ class FindContext:
     attention: List[AttentionSpec] = field(default_factory=list)
     protected_ids: Set[int] = field(default_factory=set)
     hooks: object = None
+    record: object = None
+    root_time_limit_s: Optional[float] = None
+    log: object = None
+    not_prunable: Dict[str, str] = field(default_factory=dict)
+    slow_roots: List[str] = field(default_factory=list)
 
 
 class UnitKind:
@@ -131,7 +141,15 @@ class FFN(UnitKind):
     def find(self, ctx: FindContext) -> List[UnitGroup]:
         from .ffn import find_ffn_groups
 
-        return find_ffn_groups(ctx.dg, ctx.names, ctx.protected_ids)
+        groups, slow, failed = find_ffn_groups(ctx.dg, ctx.names, ctx.protected_ids,
+                                               root_time_limit_s=ctx.root_time_limit_s,
+                                               log=ctx.log or (lambda msg: None))
+        ctx.slow_roots += slow
+        ctx.not_prunable.update(failed)
+        for name in slow:
+            ctx.not_prunable[name] = (f"grouping its out-channels took longer than its budget of "
+                                      f"{ctx.root_time_limit_s:.3g}s (root_time_limit_s): treated as not prunable")
+        return groups
 
 
 @register_kind
@@ -141,16 +159,20 @@ class Heads(UnitKind):
     name = "heads"
 
     def find(self, ctx: FindContext) -> List[UnitGroup]:
+        from .coupling import coupled_attention
+        from .tracing import TraceRecord
+
+        specs = [s for s in ctx.attention if not any(id(x) in ctx.protected_ids for x in (s.module, s.q, s.k, s.v, s.o))]
         out = []
-        for s in ctx.attention:
-            if any(id(x) in ctx.protected_ids for x in (s.module, s.q, s.k, s.v, s.o)):
-                continue
+        for members in coupled_attention(specs, ctx.record or TraceRecord(), ctx.names, ctx.not_prunable):
+            s, rest = members[0], members[1:]
             out.append(UnitGroup(ctx.names.get(s.module, "?") + ".heads", self.name, s.n_heads, s.o, s.v_dim,
-                                 attention=s))
+                                 attention=s, coupled=rest))
         return out
 
     def slices(self, group: UnitGroup):
-        return group.attention.slices()
+        return [sl for s in group.specs() for sl in s.slices()]
 
     def cut(self, group: UnitGroup, idxs: Sequence[int]) -> None:
-        group.attention.prune_heads(idxs)  # fixes the head-count attributes too
+        for spec in group.specs():  # coupled layers (residual attention) lose the same heads
+            spec.prune_heads(idxs)  # fixes the head-count attributes too

@@ -36,7 +36,7 @@ __all__ = ["MaskSet", "scale_site_input", "site_channel_dim"]
 
 def site_channel_dim(site: nn.Module) -> int:
     """Which dim of `site`'s input carries its input channels."""
-    return 1 if isinstance(site, nn.Conv1d) else -1
+    return 1 if isinstance(site, nn.modules.conv._ConvNd) else -1
 
 
 def scale_site_input(x: torch.Tensor, site: nn.Module, factors: torch.Tensor, width: int,
@@ -92,6 +92,8 @@ class MaskSet:
             for g in self.groups:
                 site, width = self._sites[id(g)]
                 self._handles.append(site.register_forward_pre_hook(self._hook(g, width)))
+                for other, w in (g.sites()[1:] if hasattr(g, "sites") else []):  # coupled heads: every layer
+                    self._handles.append(other.register_forward_pre_hook(self._hook(g, w, follower=True)))
         return self
 
     def remove(self) -> None:
@@ -121,11 +123,11 @@ class MaskSet:
         finally:
             self._tracking = None
 
-    def _hook(self, group, width: int):
+    def _hook(self, group, width: int, follower: bool = False):
         def hook(module, args):
             x = args[0]
             value = self.values[id(group)]
-            if self._tracking is None:
+            if self._tracking is None or follower:  # followers: mask values only (gradients via the first site)
                 return (scale_site_input(x, module, value, width),) + tuple(args[1:])
             store = self.records[id(group)]
             layouts = self._tracking.get(id(group), [])

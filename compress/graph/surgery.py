@@ -5,12 +5,15 @@ tensors of a group they are applied to.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from torch import nn
 
 from .attention import AttentionSpec
+from .checks import CutReport, cut_checked
+from .errors import GraphBuildError
 from .units import UnitGroup
 
 __all__ = ["PruningGraph"]
@@ -31,6 +34,8 @@ class PruningGraph:
     build_seconds: float = 0.0
     #: (parent, attribute, original nn.MultiheadAttention, drop-in) for every swap `build` made
     swapped: List[tuple] = field(default_factory=list)
+    slow_roots: List[str] = field(default_factory=list)  # grouping calls past their budget
+    not_prunable: Dict[str, str] = field(default_factory=dict)  # unit group / layer name -> why
 
     def of_kind(self, kind: str) -> List[UnitGroup]:
         return [g for g in self.groups if g.kind == kind]
@@ -61,3 +66,26 @@ class PruningGraph:
                 back += 1
         self.swapped = []
         return back
+
+    def apply(self, plan: Sequence[Tuple[UnitGroup, Sequence[int]]], example_inputs, *,
+              log: Callable[[str], None] = lambda msg: None) -> CutReport:
+        """Cut `plan` ([(group, unit indices)]) and check the model by a forward pass.
+
+        The pruned model must compute what the original computes with the removed units
+        masked; a group whose cut fails that is restored, dropped from `groups` and listed
+        in `not_prunable` (see `checks.cut_checked`). If no group can be cut, GraphBuildError.
+
+        Example:
+            >>> pg = compress.graph.build(model, x)                       # doctest: +SKIP
+            >>> report = pg.apply([(g, [0]) for g in pg.groups], x)       # doctest: +SKIP
+        """
+        report = cut_checked(self.prune_group, self.model, example_inputs, plan, log=log)
+        for name, why in report.failed.items():
+            warnings.warn(f"{name} not pruned: {why}", stacklevel=3)
+        if report.failed and not report.removed:
+            raise GraphBuildError("no unit group could be cut without breaking the model: " +
+                                  "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
+        if report.failed:
+            self.groups = [g for g in self.groups if g.name not in report.failed]
+            self.not_prunable.update(report.failed)
+        return report

@@ -8,7 +8,8 @@ forecasting head that default pruning leaves dense.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 import torch
 import torch_pruning as tp
@@ -16,6 +17,7 @@ from torch import nn
 
 from .attention import AttentionSpec
 from .errors import GraphBuildError
+from .outputs import flatten, tensors
 
 __all__ = ["run_model", "module_trail", "infer_protected"]
 
@@ -33,25 +35,87 @@ class _Opaque(torch.autograd.Function):
         return (None,) * (ctx.n + 1)
 
 
-def _opaque_output(module, args, kwargs, output):
-    """Forward hook used while tracing: hide the inside of a recognised attention module.
+class _WithGradFn:
+    """Mixin for rebuilt containers: torch-pruning's tracing hook reads `output.grad_fn`
+    of every customised module's output (or of `output[0]` for tuples)."""
+
+    grad_fn = None
+
+
+class _Dict(_WithGradFn, dict):
+    pass
+
+
+class _List(_WithGradFn, list):
+    pass
+
+
+def _carry_grad_fn(container, grad_fn):
+    """`container` with a `grad_fn` attribute torch-pruning's hook can read."""
+    if isinstance(container, (torch.Tensor, tuple)):
+        return container
+    if type(container) is dict:
+        container = _Dict(container)
+    elif type(container) is list:
+        container = _List(container)
+    try:
+        object.__setattr__(container, "grad_fn", grad_fn)
+    except (AttributeError, TypeError):  # __slots__ or a frozen builtin: torch-pruning's hook will fail
+        pass
+    return container
+
+
+@dataclass
+class TraceRecord:
+    """What the tracing hooks saw: per recognised attention module, its tensor inputs and
+    the side outputs (attention weights, scores) handed on, kept alive so identities hold."""
+
+    inputs: Dict[int, List[torch.Tensor]] = field(default_factory=dict)
+    side_outputs: Dict[int, List[torch.Tensor]] = field(default_factory=dict)
+
+
+def opaque_hook(spec: AttentionSpec, record: Optional[TraceRecord] = None):
+    """A forward hook (with kwargs) that hides the inside of `spec.module` from the tracer.
 
     torch-pruning walks the autograd graph *inside* customised modules too; RoPE's
     `cat(-x2, x1)`, einops rearranges over heads or relative-bias tables then reach its
-    cat/split index mapping and the build fails or couples the wrong channels.
+    cat/split index mapping and the build fails or couples the wrong channels. Every
+    output tensor of the model width (d_model) becomes an identity whose autograd node
+    links only to the module inputs (shaped like the query: [..., L, d_model]); the other
+    tensors (attention weights, scores) are
+    detached, so the tracer never sees the per-head tensors. Any container (tensor,
+    tuple, list, dict, dataclass, `ModelOutput`) is flattened and rebuilt.
     """
-    seen, inputs = set(), []
-    for t in list(args) + list(kwargs.values()):
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad and id(t) not in seen:
-            seen.add(id(t))
-            inputs.append(t)
-    if not inputs:
-        return None
-    if isinstance(output, torch.Tensor):
-        return _Opaque.apply(output.detach(), *inputs)
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return (_Opaque.apply(output[0].detach(), *inputs),) + tuple(output[1:])
-    return None
+    width = spec.o.out_features
+
+    def _opaque_hook(module, args, kwargs, output):
+        seen, inputs = set(), []
+        for t in tensors(tuple(args)) + tensors(dict(kwargs)):
+            if t.is_floating_point() and t.requires_grad and id(t) not in seen:
+                seen.add(id(t))
+                inputs.append(t)
+        if record is not None:
+            record.inputs.setdefault(id(module), []).extend(tensors(tuple(args)) + tensors(dict(kwargs)))
+        if not inputs:
+            return None
+        leaves, rebuild = flatten(output)
+        lead = inputs[0].shape[:-1]  # the query's [B, L]: outputs of the model width share it
+        main, new = None, []
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+                if leaf.dim() and leaf.shape[-1] == width and leaf.shape[:-1] == lead and leaf.requires_grad:
+                    leaf = _Opaque.apply(leaf.detach(), *inputs)
+                    main = leaf if main is None else main
+                else:
+                    leaf = leaf.detach()
+                    if record is not None:
+                        record.side_outputs.setdefault(id(module), []).append(leaf)
+            new.append(leaf)
+        if main is None:
+            return None
+        return _carry_grad_fn(rebuild(new), main.grad_fn)
+
+    return _opaque_hook
 
 
 class _OpaqueAttentionPruner(tp.pruner.BasePruningFunc):
@@ -164,6 +228,9 @@ def infer_protected(model: nn.Module, dg: tp.DependencyGraph) -> List[nn.Module]
     out = []
     for m, node in nodes.items():
         if not isinstance(m, layer_types):
+            continue
+        if not node.outputs:  # the traced output itself (torch-pruning adds no output node then)
+            out.append(m)
             continue
         for direction in ("inputs", "outputs"):
             seen, stack, hit_layer, hit_end = set(), list(getattr(node, direction)), False, False

@@ -23,6 +23,9 @@ class UnitGroup:
     `site` is the module whose *input* carries the units' activations (FFN: the down
     projection; heads: the output projection) - criteria hook it to read activations or
     to apply unit masks. `width` is the activation width of one unit at `site`.
+    `coupled` (heads only) lists further attention modules whose heads are cut in the same
+    positions, because per-head state crosses from one to the next (residual attention);
+    `sites()` then lists every output projection.
     """
 
     name: str
@@ -33,6 +36,17 @@ class UnitGroup:
     attention: Optional[AttentionSpec] = None
     dg_out: List[nn.Module] = field(default_factory=list)  # FFN: Linear/Conv1d whose out-channels are the units
     dg_in: List[nn.Module] = field(default_factory=list)   # FFN: the layers that read them
+    coupled: List[AttentionSpec] = field(default_factory=list)  # heads: cut in the same positions
+
+    def specs(self) -> List[AttentionSpec]:
+        """The attention modules whose heads are this group's units (heads only)."""
+        return [self.attention] + list(self.coupled) if self.attention is not None else []
+
+    def sites(self) -> List[Tuple[nn.Module, int]]:
+        """(site, width) of every module whose input carries the units."""
+        if self.coupled:
+            return [(s.o, s.v_dim) for s in self.specs()]
+        return [(self.site, self.width)]
 
     def slices(self) -> List[Tuple[torch.Tensor, int, int]]:
         from .kinds import get_kind

@@ -198,11 +198,9 @@ class Progressive(Strategy):
 
         chosen = self.choose(rounds, pcfg.tolerance)
         original = {id(g): g.n for g in groups}
-        removed = {}
-        for g in groups:
-            idxs = torch.nonzero(snapshots[chosen][id(g)] == 0).flatten().tolist()
-            removed[g.name] = idxs
-            pg.prune_group(g, idxs)
+        plan = [(g, torch.nonzero(snapshots[chosen][id(g)] == 0).flatten().tolist()) for g in groups]
+        report = pg.apply(plan, ctx.example_inputs, log=ctx.log)  # cut, run, restore what breaks
+        removed = {g.name: report.removed.get(g.name, []) for g in groups}
         pg.restore_unpruned_attention()
         ctx.log(f"kept round {chosen} of {len(rounds) - 1} (stopped on {stop}); "
                 f"val loss {rounds[chosen]['val_loss']:.6g} vs {rounds[0]['val_loss']:.6g} unpruned")
@@ -211,9 +209,8 @@ class Progressive(Strategy):
                 "options": {"step_fraction": pcfg.step_fraction, "patience": pcfg.patience,
                             "max_rounds": pcfg.max_rounds, "normalize": pcfg.normalize,
                             "tolerance": pcfg.tolerance, "ranking": pcfg.ranking},
-                "groups": {g.name: {"kind": g.kind, "before": original[id(g)], "after": g.n,
-                                    "removed": removed[g.name]} for g in groups},
-                "graph_seconds": pg.build_seconds}
+                "groups": G.group_records(model, groups, original, removed),
+                **G.not_prunable_summary(pg, model), "graph_seconds": pg.build_seconds}
 
     @staticmethod
     def choose(rounds: List[dict], tolerance: float = 0.0) -> int:

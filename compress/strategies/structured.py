@@ -7,7 +7,6 @@ from typing import Dict, List
 import torch
 
 from .. import graph as G
-from ..graph import get_kind
 from .base import PruneContext, Strategy, calibrate, checked_scores, register, trace_units
 
 
@@ -20,30 +19,31 @@ class Structured(Strategy):
     def run(self, model, criterion, ctx: PruneContext) -> dict:
         cfg = ctx.config
         pg, groups = trace_units(model, ctx)
-        names = {m: n for n, m in model.named_modules()}
-        sites = {id(g): names.get(get_kind(g.kind).mask_site(g)[0], "?") for g in groups}
         original = {id(g): g.n for g in groups}
         alive = {id(g): list(range(g.n)) for g in groups}  # original index of each surviving unit
-        removed: Dict[int, List[int]] = {id(g): [] for g in groups}
+        removed: Dict[str, List[int]] = {g.name: [] for g in groups}
+        all_groups = list(groups)
         for step in range(1, cfg.steps + 1):
             frac = cfg.fraction_after(step)
             calibrate(criterion, model, ctx, groups)
             scores = {id(g): checked_scores(criterion, g) for g in groups}
             G.release_memory(model)
             plan = (self._plan_layer if cfg.scope == "layer" else self._plan_global)(groups, scores, original, frac)
+            # cut and run: a group whose cut breaks the forward pass is restored and dropped
+            report = pg.apply([(g, plan[id(g)]) for g in groups if plan.get(id(g))], ctx.example_inputs,
+                              log=ctx.log)
             for g in groups:
-                idxs = sorted(set(plan.get(id(g), [])))
-                if idxs:
-                    pg.prune_group(g, idxs)
-                    removed[id(g)] += [alive[id(g)][i] for i in idxs]
-                    drop = set(idxs)
-                    alive[id(g)] = [a for j, a in enumerate(alive[id(g)]) if j not in drop]
-            ctx.log(f"step {step}/{cfg.steps}: removed {sum(len(v) for v in plan.values())} units "
+                drop = set(report.removed.get(g.name, []))
+                removed[g.name] += [alive[id(g)][i] for i in sorted(drop)]
+                alive[id(g)] = [a for j, a in enumerate(alive[id(g)]) if j not in drop]
+            groups = [g for g in groups if g.name not in report.failed]
+            ctx.log(f"step {step}/{cfg.steps}: removed {sum(len(v) for v in report.removed.values())} units "
                     f"(target {frac:.0%} of each kind)")
+            if not groups:
+                break
         pg.restore_unpruned_attention()
-        return {"groups": {g.name: {"kind": g.kind, "before": original[id(g)], "after": g.n, "site": sites[id(g)],
-                                    "removed": sorted(removed[id(g)])} for g in groups},
-                "graph_seconds": pg.build_seconds}
+        return {"groups": G.group_records(model, all_groups, original, removed),
+                **G.not_prunable_summary(pg, model), "graph_seconds": pg.build_seconds}
 
     @staticmethod
     def _target_keep(n_orig: int, frac: float) -> int:

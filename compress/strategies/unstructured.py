@@ -1,9 +1,16 @@
 """Unstructured pruning: single weights are set to exact zeros (global ranking).
 
-The model keeps its shape; `sparse_state_dict` stores the zeros compactly.
+The model keeps its shape; `sparse_state_dict` stores the zeros compactly. It needs only
+the weight layers (Linear, Conv1d/2d/3d) and what to leave dense (the input embedding and
+the forecasting head): one trace finds those (`graph.trace_protected`), never the
+structured grouping, which can spin for minutes on some models. When that trace fails the
+first and last weight layers to run are protected instead, with a warning. A warning also
+says when the eligible weights are a small share of the model, so `ratio=0.5` zeroes far
+less than half of it.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict
 
 import torch
@@ -14,12 +21,44 @@ from ..criteria.base import WeightGroup
 from .base import PruneContext, Strategy, checked_scores, register
 
 
+#: the layers whose weights unstructured pruning zeroes
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: warn when the eligible weights are less than this share of all parameters
+ELIGIBLE_WARN = 0.5
+
+
 def prunable_weights(model: nn.Module, protected, ignore) -> list:
     skip = set()
     for m in list(protected or []) + list(ignore or []):
         skip.update(id(s) for s in m.modules())
-    return [WeightGroup(name, m) for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d)) and id(m) not in skip]
+    out = []
+    for name, m in model.named_modules():
+        if id(m) in skip:
+            continue
+        if isinstance(m, WEIGHT_LAYERS):
+            out.append(WeightGroup(name, m))
+        elif isinstance(m, nn.MultiheadAttention):  # its q/k/v weights are no Linear
+            for p in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if getattr(m, p, None) is not None:
+                    out.append(WeightGroup(f"{name}.{p}", m, p))
+    return out
+
+
+def _first_and_last_layers(model: nn.Module, example_inputs) -> list:
+    """The first and the last weight layer to run: the embedding and head, by call order."""
+    order = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: order.append(mod))
+             for m in model.modules() if isinstance(m, WEIGHT_LAYERS + (nn.Embedding,))]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            G.run_model(model, example_inputs)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return list({id(m): m for m in (order[:1] + order[-1:])}.values())
 
 
 @register
@@ -32,14 +71,26 @@ class Unstructured(Strategy):
     def run(self, model, criterion, ctx: PruneContext) -> dict:
         cfg = ctx.config
         protected = ctx.protected
-        if protected is None:  # infer the input embedding and forecasting head from the graph
-            protected = G.build(model, ctx.example_inputs, ignore=ctx.ignore, units=(),
-                                time_limit_s=cfg.time_limit_s).protected
+        if protected is None:  # infer the input embedding and forecasting head from one trace
+            try:
+                protected = G.trace_protected(model, ctx.example_inputs, ignore=ctx.ignore,
+                                              time_limit_s=cfg.time_limit_s)
+            except G.GraphBuildError as e:
+                protected = _first_and_last_layers(model, ctx.example_inputs)
+                names = {m: n for n, m in model.named_modules()}
+                warnings.warn(f"{type(model).__name__} could not be traced ({e}); left dense instead: the first and "
+                              f"last weight layers to run ({', '.join(names[m] for m in protected)})", stacklevel=3)
         groups = prunable_weights(model, protected, ctx.ignore)
         if not groups:
-            raise ValueError(f"{type(model).__name__} has no prunable Linear/Conv1d weights outside the "
+            raise ValueError(f"{type(model).__name__} has no prunable Linear/Conv weights outside the "
                              "protected embedding/head and ignore=")
         total = sum(g.n for g in groups)
+        n_params = sum(p.numel() for p in model.parameters())
+        eligible = total / max(n_params, 1)
+        if eligible < ELIGIBLE_WARN:
+            warnings.warn(f"only {eligible:.1%} of the weights of {type(model).__name__} were eligible for "
+                          f"unstructured pruning (Linear/Conv layers outside the embedding, head and ignore=): "
+                          f"ratio={cfg.ratio:g} zeroes {cfg.ratio * eligible:.1%} of all parameters", stacklevel=3)
         for step in range(1, cfg.steps + 1):
             criterion.calibrate(model, ctx.calibration, groups=groups, loss_fn=ctx.loss_fn)
             scores = []
@@ -59,7 +110,8 @@ class Unstructured(Strategy):
                     g.param.masked_fill_(m, 0.0)
                     offset += g.n
             ctx.log(f"step {step}/{cfg.steps}: {k}/{total} weights zeroed")
-        return {"layers": {g.name: float((g.param == 0).float().mean()) for g in groups}}
+        return {"layers": {g.name: float((g.param == 0).float().mean()) for g in groups},
+                "eligible_share": eligible}
 
 
 def sparse_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -95,7 +95,9 @@ EXPECTED = {
     "ptf_decompformer": (True, True, None),
     "hf_informer": (True, True, None),            # ProbSparse attention reshapes with self.embed_dim
     "hf_informer_full": (True, True, None),
-    "hf_autoformer": (True, True, None),          # auto-correlation reshapes with self.embed_dim
+    # auto-correlation reshapes with self.embed_dim, and picks its delays from the mean over all
+    # heads: a head cut may change what the kept heads compute, then it is undone (seed-dependent)
+    "hf_autoformer": (None, True, None),
     "hf_tst": (True, True, None),
     "gluonts_patchtst": (True, True, None),
     "embed_dim_attention": (True, True, None),
@@ -116,7 +118,10 @@ EXPECTED = {
 def test_foreign_forecaster_prunes_to_a_masked_sub_network(name):
     heads, ffn, warning = EXPECTED[name]
     small, record, msgs = prune_and_check(name)
-    assert (cut(record, "heads") > 0) == heads, record["groups"]
+    if heads is None:  # either cut and verified (the check above), or undone and reported
+        assert cut(record, "heads") > 0 or any("not pruned" in m for m in msgs), record["groups"]
+    else:
+        assert (cut(record, "heads") > 0) == heads, record["groups"]
     assert (cut(record, "ffn") > 0) == ffn, record["groups"]
     if warning:
         assert any(re.search(warning, m) for m in msgs), msgs

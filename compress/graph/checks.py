@@ -218,7 +218,7 @@ def cut_checked(prune_group: Callable[[UnitGroup, Sequence[int]], None], model: 
                 if p2 is None:
                     report.fixed_attrs[g.name] = tried
                     log(f"{g.name}: updated {', '.join(tried)} to the new inner width")
-                problem = p2 if p2 is None else problem
+                problem = p2
         if problem is None:
             report.removed[g.name] = idxs
             continue

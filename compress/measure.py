@@ -305,8 +305,14 @@ class _Param:
 
 def _parameters(model: nn.Module) -> dict[int, _Param]:
     """Every parameter once, keyed by id, with torch.nn.utils.prune masks applied."""
+    from .sparse import SparseLinear
+
     params: dict[int, _Param] = {}
     for module in model.modules():
+        if isinstance(module, SparseLinear):
+            # the CSR weight counts as the dense weight it stands for (entries and zeros),
+            # so density stays comparable with the masked model; its bytes are in weight_mb
+            params[id(module.values)] = _Param(module.dense_weight(), module, "weight")
         for name, p in module.named_parameters(recurse=False):
             if id(p) in params:
                 continue  # tied
@@ -318,6 +324,23 @@ def _parameters(model: nn.Module) -> dict[int, _Param]:
                     value = p * mask
             params[id(p)] = _Param(value.detach(), module, name)
     return params
+
+
+def _sparse_types() -> tuple[type[nn.Module], ...]:
+    from .sparse import SparseLinear
+
+    return (SparseLinear,)
+
+
+def _stored_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer as stored (CSR indices and values of sparse
+    layers included; tied tensors once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
 
 
 def _nonzero(t: Tensor) -> int:
@@ -332,7 +355,7 @@ def _prunable_ids(params: dict[int, _Param], prunable: Any) -> set[int]:
     if prunable is None:
         return {
             i for i, p in params.items()
-            if (isinstance(p.module, PRUNABLE_TYPES) and p.name == "weight")
+            if (isinstance(p.module, PRUNABLE_TYPES + _sparse_types()) and p.name == "weight")
             or (isinstance(p.module, nn.MultiheadAttention)
                 and p.name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"))
         }
@@ -464,12 +487,14 @@ class Measurement:
         threads: torch intra-op threads used for timing.
         peak_memory_mb: peak extra memory of one forward in MiB (2**20 bytes); None if
             not measured.
+        weight_mb: MiB that the parameters and buffers take as stored: a
+            `compress.sparsify`'d layer counts its CSR arrays, not a dense weight.
 
     Example:
         >>> a = Measurement(params=1_000_000, nonzero_params=1_000_000, density=1.0,
         ...                 prunable_params=None, prunable_density=None, flops=10**9,
         ...                 latency_ms=None, latency_iqr_ms=None, threads=1,
-        ...                 peak_memory_mb=None)
+        ...                 peak_memory_mb=None, weight_mb=4.0)
         >>> a.as_dict()["flops"]
         1000000000
     """
@@ -484,6 +509,7 @@ class Measurement:
     latency_iqr_ms: float | None
     threads: int
     peak_memory_mb: float | None
+    weight_mb: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (for results files).
@@ -556,6 +582,7 @@ class Measurement:
              ratio(s.latency_ms, o.latency_ms)],
             ["peak memory", mib(s.peak_memory_mb), mib(o.peak_memory_mb),
              ratio(s.peak_memory_mb, o.peak_memory_mb)],
+            ["weights (stored)", mib(s.weight_mb), mib(o.weight_mb), ratio(s.weight_mb, o.weight_mb)],
             ["threads", str(s.threads), str(o.threads), ""],
         ]
         table = tabulate(rows, headers=["metric", mine, theirs, f"{theirs}/{mine}"],
@@ -679,4 +706,5 @@ def measure(
         latency_iqr_ms=latency_iqr_ms,
         threads=threads,
         peak_memory_mb=peak_mb,
+        weight_mb=_stored_bytes(model) / _MIB,
     )

@@ -62,11 +62,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SparseLinear", "sparsify", "crossover_density", "clear_crossover_cache", "kernel_available",
+__all__ = ["SparseLinear", "sparsify", "crossover_density", "choose_kernel", "clear_crossover_cache", "kernel_available",
            "sparse_layout", "restore_layout", "KERNELS"]
 
-#: the kernels `SparseLinear` knows; "numba" needs the numba package, "dense" is the fallback
-KERNELS = ("numba", "dense")
+#: the kernels `SparseLinear` knows: "numba" (needs the numba package), "torch_csr"
+#: (torch's own CSR ``addmm``, always there) and "dense" (decompress, then a dense matmul)
+KERNELS = ("numba", "torch_csr", "dense")
 _TILE = 512  # tokens per tile of the numba kernel: one output-row tile stays in L1
 
 
@@ -78,13 +79,14 @@ _NUMBA: Dict[str, Any] = {}
 
 
 def kernel_available(kernel: str = "numba") -> bool:
-    """True if `kernel` can run here ("dense" always can; "numba" needs the numba package).
+    """True if `kernel` can run here ("dense" and "torch_csr" always can; "numba" needs
+    the numba package).
 
     Example:
         >>> kernel_available("dense")
         True
     """
-    if kernel == "dense":
+    if kernel in ("dense", "torch_csr"):
         return True
     if kernel != "numba":
         raise ValueError(f"unknown sparse kernel {kernel!r}; choose from {', '.join(KERNELS)}")
@@ -107,9 +109,9 @@ def _numba_kernels():
         rng = numba.prange if parallel else range
 
         @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
-        def csr_rows(indptr, indices, data, xt, out, chunks):
-            # indptr [M+1], indices/data [nnz]: the weight W [M, K] in CSR;
-            # xt [B, K, N]: input with tokens last; out [B, M, N] = W @ xt[b] for every b.
+        def csr_rows(indptr, indices, data, bias, xt, out, chunks):
+            # indptr [M+1], indices/data [nnz]: the weight W [M, K] in CSR; bias [M];
+            # xt [B, K, N]: input with tokens last; out [B, M, N] = W @ xt[b] + bias.
             # The B*M output rows are split into `chunks` jobs (one accumulator each).
             # Tokens are processed in tiles whose accumulator stays in L1, four non-zeros
             # at a time (fewer accumulator loads/stores per FMA); slices rather than offset
@@ -127,7 +129,7 @@ def _numba_kernels():
                     for t0 in range(0, n, _TILE):
                         tn = min(_TILE, n - t0)
                         a = acc[:tn]
-                        a[:] = 0.0
+                        a[:] = bias[i]
                         p = p0
                         while p + 4 <= p1:
                             w0, w1, w2, w3 = data[p], data[p + 1], data[p + 2], data[p + 3]
@@ -153,19 +155,19 @@ def _numba_kernels():
     return _NUMBA["serial"], _NUMBA["parallel"]
 
 
-def _csr_matmul_t(indptr: Tensor, indices: Tensor, values: Tensor, xt: Tensor) -> Tensor:
-    """``W @ xt[b]`` for each b: xt [B, K, N] contiguous float32 -> [B, M, N] (numba)."""
+def _csr_matmul(arrays: tuple, xt: Tensor, out_features: int) -> Tensor:
+    """The numba kernel: `arrays` = numpy (indptr, indices, values, bias); xt [B, K, N]
+    contiguous -> [B, M, N]."""
     serial, parallel = _numba_kernels()
     threads = torch.get_num_threads()
-    out = torch.empty((xt.shape[0], indptr.numel() - 1, xt.shape[2]), dtype=xt.dtype)
-    args = (indptr.numpy(), indices.numpy(), values.numpy(), xt.numpy(), out.numpy())
+    out = torch.empty((xt.shape[0], out_features, xt.shape[2]), dtype=xt.dtype)
     if threads > 1:
         numba = _NUMBA["module"]
         threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         numba.set_num_threads(threads)
-        parallel(*args, 4 * threads)
+        parallel(*arrays, xt.numpy(), out.numpy(), 4 * threads)
     else:
-        serial(*args, 1)
+        serial(*arrays, xt.numpy(), out.numpy(), 1)
     return out
 
 
@@ -185,7 +187,8 @@ class SparseLinear(nn.Module):
         weight: the dense weight, ``[out, in]`` (or a Conv1d's ``[out, in, 1]``).
         bias: the bias ``[out]`` or None.
         layout: "linear" (input ``[..., in]``) or "conv1d" (input ``[B, in, L]``).
-        kernel: "numba" or "dense" (the dense fallback: decompress and ``F.linear``).
+        kernel: "numba" (compiled CSR row kernel), "torch_csr" (torch's CSR ``addmm``) or
+            "dense" (decompress, then ``F.linear``); `sparsify` picks per layer by measurement.
 
     Example:
         >>> import torch
@@ -259,19 +262,23 @@ class SparseLinear(nn.Module):
             m.bias.data.copy_(self.bias.detach())
         return m
 
-    def _use_kernel(self, x: Tensor) -> bool:
+    def _use_kernel(self, x: Tensor) -> Optional[str]:
+        """The kernel this call runs, or None for the dense fallback."""
         if self.kernel == "dense" or x.device.type != "cpu" or x.dtype != torch.float32:
-            return False
+            return None
         if self.values.dtype != torch.float32 or self.values.device.type != "cpu":
-            return False
+            return None
         if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
-            return False  # training: autograd needs the dense graph
+            return None  # training: autograd needs the dense graph
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return False  # export / tracing sees the dense computation
-        return _numba_kernels() is not None
+            return None  # export / tracing sees the dense computation
+        if self.kernel == "numba" and _numba_kernels() is None:
+            return None
+        return self.kernel
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._use_kernel(x):
+        kernel = self._use_kernel(x)
+        if kernel is None:
             w = self.dense_weight().to(x.dtype)
             if self.layout == "linear":
                 return F.linear(x, w, self.bias)
@@ -280,19 +287,52 @@ class SparseLinear(nn.Module):
             if x.shape[-1] != self.in_features:
                 raise RuntimeError(f"SparseLinear expected input [..., {self.in_features}], got {tuple(x.shape)}")
             lead = x.shape[:-1]
-            xt = x.reshape(-1, self.in_features).t().contiguous()[None]  # [1, K, N]
-            out = _csr_matmul_t(self.crow_indices, self.col_indices, self.values, xt)[0]  # [M, N]
-            if self.bias is not None:
-                out += self.bias.detach()[:, None]
+            xt = x.reshape(-1, self.in_features).t()  # [K, N]
+        else:
+            if x.dim() == 2:  # unbatched conv input [K, L]
+                return self.forward(x[None])[0]
+            if x.dim() != 3 or x.shape[1] != self.in_features:
+                raise RuntimeError(f"SparseLinear (conv1d) expected input [B, {self.in_features}, L], "
+                                   f"got {tuple(x.shape)}")
+            lead = None
+        cache = self._cache()
+        if kernel == "numba":
+            xt = xt.contiguous()[None] if lead is not None else x.contiguous()
+            out = _csr_matmul(cache["arrays"], xt, self.out_features)  # [B, M, N]
+            return out[0].t().reshape(*lead, self.out_features) if lead is not None else out
+        # torch_csr: W [M, K] @ x^T [K, N] (MKL sparse underneath), bias added by addmm
+        if lead is not None:
+            out = torch.addmm(cache["bias_col"], cache["csr"], xt)  # [M, N]
             return out.t().reshape(*lead, self.out_features)  # [..., M] (a transposed view)
-        if x.dim() == 2:  # unbatched conv input [K, L]
-            return self.forward(x[None])[0]
-        if x.dim() != 3 or x.shape[1] != self.in_features:
-            raise RuntimeError(f"SparseLinear (conv1d) expected input [B, {self.in_features}, L], got {tuple(x.shape)}")
-        out = _csr_matmul_t(self.crow_indices, self.col_indices, self.values, x.contiguous())  # [B, M, L]
-        if self.bias is not None:
-            out += self.bias.detach()[None, :, None]
-        return out
+        b, _, length = x.shape
+        xt = x.transpose(0, 1).reshape(self.in_features, b * length)  # [K, B*L]
+        out = torch.addmm(cache["bias_col"], cache["csr"], xt)  # [M, B*L]
+        return out.view(self.out_features, b, length).transpose(0, 1)  # [B, M, L]
+
+    def _cache(self) -> dict:
+        """Per-module views of the CSR buffers for the kernels (numpy arrays for numba,
+        whose dispatch is several times slower on fresh views of torch buffers; a torch
+        CSR tensor for torch_csr), rebuilt when a buffer is replaced."""
+        bias = self.bias
+        key = (self.crow_indices.data_ptr(), self.col_indices.data_ptr(), self.values.data_ptr(),
+               None if bias is None else bias.data_ptr(), self.values.numel())
+        cached = self.__dict__.get("_kernel_cache")
+        if cached is None or cached["key"] != key:
+            b = torch.zeros(self.out_features, dtype=self.values.dtype) if bias is None else bias.detach()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                csr = torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
+                                              (self.out_features, self.in_features))
+            cached = {"key": key, "bias": b, "bias_col": b[:, None], "csr": csr,
+                      "arrays": (self.crow_indices.numpy(), self.col_indices.numpy(), self.values.numpy(),
+                                 b.numpy())}
+            self.__dict__["_kernel_cache"] = cached
+        return cached
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_kernel_cache", None)  # views of the buffers: rebuilt on first use
+        return state
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # nnz differs between checkpoints of the same architecture: take the stored sizes
@@ -316,13 +356,17 @@ def _is_pointwise_conv(m: nn.Module) -> bool:
 # Crossover: below which density does the kernel beat dense, for one shape?
 # --------------------------------------------------------------------------------------
 
-_CROSSOVER: Dict[Tuple, float] = {}
+_PROFILES: Dict[Tuple, dict] = {}
 _PROBE_DENSITIES = (0.05, 0.25)
 
 
 def clear_crossover_cache() -> None:
-    """Forget the crossover densities measured in this process."""
-    _CROSSOVER.clear()
+    """Forget the kernel timings measured in this process.
+
+    Example:
+        >>> clear_crossover_cache()
+    """
+    _PROFILES.clear()
 
 
 def _time(fn, budget_s: float = 0.03, reps: int = 5) -> float:
@@ -342,39 +386,21 @@ def _time(fn, budget_s: float = 0.03, reps: int = 5) -> float:
     return times[len(times) // 2]
 
 
-def crossover_density(out_features: int, in_features: int, tokens: int, layout: str = "linear",
-                      batch: int = 1, threads: Optional[int] = None, kernel: str = "numba") -> float:
-    """The weight density below which `kernel` beats the dense matmul for this shape.
+def _sparse_kernels() -> Tuple[str, ...]:
+    return tuple(k for k in KERNELS if k != "dense" and kernel_available(k))
 
-    Measured once per (layout, out, in, tokens, batch, threads, kernel) and cached for the
-    process: the dense layer and the kernel at densities 0.05 and 0.25 (random weights)
-    are timed, the kernel's time is fitted as ``a + b * density``, and the density where
-    it meets the dense time is returned (clipped to [0, 1]; 0 means never faster).
 
-    Args:
-        out_features, in_features: the weight's shape.
-        tokens: rows of the input (``batch * length`` for a Linear; ``L`` for a Conv1d).
-        layout: "linear" or "conv1d" (then `batch` is the conv batch).
-        batch: conv1d batch size (ignored for "linear").
-        threads: torch thread count to measure at (default: the current one).
-        kernel: the sparse kernel.
-
-    Returns:
-        The crossover density in [0, 1].
-
-    Example:
-        >>> d = crossover_density(64, 64, 32, kernel="dense")
-        >>> d
-        0.0
-    """
-    if kernel == "dense" or not kernel_available(kernel):
-        return 0.0
+def _profile(out_features: int, in_features: int, tokens: int, layout: str, batch: int,
+             threads: Optional[int]) -> dict:
+    """Dense time and, per available kernel, a fit ``time = a + b * density`` (seconds),
+    measured once per shape and thread count and cached for the process."""
     threads = torch.get_num_threads() if threads is None else threads
-    key = (layout, out_features, in_features, tokens, batch if layout == "conv1d" else 1, threads, kernel)
-    if key in _CROSSOVER:
-        return _CROSSOVER[key]
+    key = (layout, out_features, in_features, tokens, batch if layout == "conv1d" else 1, threads)
+    if key in _PROFILES:
+        return _PROFILES[key]
     prior = torch.get_num_threads()
     gen = torch.Generator().manual_seed(0)
+    fits = {}
     try:
         torch.set_num_threads(threads)
         shape = (batch, in_features, tokens) if layout == "conv1d" else (tokens, in_features)
@@ -382,24 +408,85 @@ def crossover_density(out_features: int, in_features: int, tokens: int, layout: 
         with torch.no_grad():
             w = torch.randn(out_features, in_features, generator=gen)
             dense = nn.Linear(in_features, out_features) if layout == "linear" else nn.Conv1d(in_features, out_features, 1)
-            t_dense = _time(lambda: dense(x))
-            ts = []
+            layers = {}
             for d in _PROBE_DENSITIES:
                 wd = w * (torch.rand(w.shape, generator=gen) < d)
-                layer = SparseLinear(wd if layout == "linear" else wd[:, :, None], dense.bias, layout, kernel)
-                ts.append(_time(lambda: layer(x)))
+                for k in _sparse_kernels():
+                    layers[k, d] = SparseLinear(wd if layout == "linear" else wd[:, :, None], dense.bias, layout, k)
+            times = {k: _time(lambda: layer(x)) for k, layer in layers.items()}
+            t_dense = _time(lambda: dense(x))
     finally:
         torch.set_num_threads(prior)
-    (d0, d1), (t0, t1) = _PROBE_DENSITIES, ts
-    slope = (t1 - t0) / (d1 - d0)
-    intercept = t0 - slope * d0
-    if slope <= 0:  # noise: the kernel did not get slower with more non-zeros
-        cross = 1.0 if t1 < t_dense else 0.0
-    else:
-        cross = (t_dense - intercept) / slope
-    cross = float(min(1.0, max(0.0, cross)))
-    _CROSSOVER[key] = cross
-    return cross
+    d0, d1 = _PROBE_DENSITIES
+    for k in _sparse_kernels():
+        t0, t1 = times[k, d0], times[k, d1]
+        slope = max((t1 - t0) / (d1 - d0), 0.0)  # noise can make it negative: then flat
+        fits[k] = (t0 - slope * d0, slope)
+    _PROFILES[key] = prof = {"dense": t_dense, "fits": fits, "threads": threads}
+    return prof
+
+
+def crossover_density(out_features: int, in_features: int, tokens: int, layout: str = "linear",
+                      batch: int = 1, threads: Optional[int] = None, kernel: str = "numba") -> float:
+    """The weight density below which `kernel` beats the dense matmul for this shape.
+
+    Measured once per (layout, out, in, tokens, batch, threads) and cached for the process
+    (`clear_crossover_cache` forgets): the dense layer and each available kernel at
+    densities 0.05 and 0.25 (random weights) are timed, each kernel's time is fitted as
+    ``a + b * density``, and the density where it meets the dense time is returned
+    (clipped to [0, 1]; 0 means never faster, 1 faster even when dense).
+
+    Args:
+        out_features, in_features: the weight's shape.
+        tokens: rows of the input (``batch * length`` for a Linear; ``L`` for a Conv1d).
+        layout: "linear" or "conv1d" (then `batch` is the conv batch).
+        batch: conv1d batch size (ignored for "linear").
+        threads: torch thread count to measure at (default: the current one).
+        kernel: the sparse kernel ("numba" or "torch_csr"; "dense" gives 0).
+
+    Returns:
+        The crossover density in [0, 1].
+
+    Example:
+        >>> crossover_density(64, 64, 32, kernel="dense")
+        0.0
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown sparse kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+    if kernel == "dense" or not kernel_available(kernel):
+        return 0.0
+    prof = _profile(out_features, in_features, tokens, layout, batch, threads)
+    a, b = prof["fits"][kernel]
+    if b <= 0:
+        return 1.0 if a < prof["dense"] else 0.0
+    return float(min(1.0, max(0.0, (prof["dense"] - a) / b)))
+
+
+def choose_kernel(out_features: int, in_features: int, tokens: int, density: float, layout: str = "linear",
+                  batch: int = 1, threads: Optional[int] = None, kernels=None) -> Tuple[str, float]:
+    """The fastest way to multiply a weight of this shape and density: a sparse kernel, or
+    "dense" when none beats the dense matmul (from the same cached measurement as
+    `crossover_density`).
+
+    Args:
+        out_features, in_features, tokens, layout, batch, threads: as in `crossover_density`.
+        density: the weight's fraction of non-zeros.
+        kernels: the sparse kernels to choose from (default: every available one).
+
+    Returns:
+        ``(kernel, predicted speedup over dense)``.
+
+    Example:
+        >>> kernel, speedup = choose_kernel(256, 128, 448, density=0.05)   # doctest: +SKIP
+    """
+    kernels = tuple(k for k in (kernels or _sparse_kernels()) if k != "dense" and kernel_available(k))
+    if not kernels:
+        return "dense", 1.0
+    prof = _profile(out_features, in_features, tokens, layout, batch, threads)
+    predicted = {k: prof["fits"][k][0] + prof["fits"][k][1] * density for k in kernels}
+    best = min(predicted, key=predicted.get)
+    speedup = prof["dense"] / max(predicted[best], 1e-12)
+    return (best, speedup) if speedup > 1.0 else ("dense", 1.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -459,15 +546,15 @@ def _env_crossover() -> Optional[float]:
 
 
 def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = None, *,
-             kernel: str = "numba", crossover: Optional[float] = None, threads: Optional[int] = None,
+             kernel: str = "auto", crossover: Optional[float] = None, threads: Optional[int] = None,
              ignore=(), inplace: bool = False) -> nn.Module:
     """Replace sparse-enough Linear / pointwise Conv1d layers by `SparseLinear` (CSR kernel).
 
     A layer is converted when its weight's fraction of exact zeros is at least
-    `min_sparsity` *and* its density is below the crossover where the kernel beats the
-    dense matmul for that layer's shape (measured once per shape, see
-    `crossover_density`, on the input shapes of one forward of `example_inputs`). The
-    model's outputs stay the masked dense model's within float rounding.
+    `min_sparsity` *and* a sparse kernel beats the dense matmul at that layer's shape and
+    density (measured once per shape, see `crossover_density` / `choose_kernel`, on the
+    input shapes of one forward of `example_inputs`). The model's outputs stay the masked
+    dense model's within float rounding.
 
     Args:
         model: any module with exact zeros in its weights (e.g. after
@@ -476,18 +563,21 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = 
         example_inputs: one input batch of the shape you will run (its token count decides
             the crossover); defaults to ``model.example_inputs()`` for a Forecaster. Not
             needed when `crossover` is given.
-        kernel: "numba" (the compiled CSR kernel) or "dense" (store compressed, multiply
-            dense). Without numba installed, "numba" warns and leaves the model dense.
+        kernel: "auto" (per layer, the fastest measured of "numba" and "torch_csr"),
+            "numba" (the compiled CSR row kernel), "torch_csr" (torch's CSR ``addmm``) or
+            "dense" (store compressed, multiply dense). Without numba installed, "auto"
+            uses torch_csr and "numba" warns and does the same.
         crossover: a density in [0, 1] to use for every layer instead of measuring
-            (1.0: convert every layer that passes `min_sparsity`). The environment
-            variable ``COMPRESS_SPARSE_CROSSOVER`` sets the same.
+            (1.0: convert every layer that passes `min_sparsity`); "auto" then takes numba
+            where installed. The environment variable ``COMPRESS_SPARSE_CROSSOVER`` sets
+            the same.
         threads: thread count the crossover is measured at (default: torch's current).
         ignore: modules or qualified names to keep dense.
         inplace: convert `model` itself instead of a copy.
 
     Returns:
         The model with `SparseLinear` layers; ``model.compress_sparse`` records, per
-        converted layer, its layout, shape, density and the crossover used (see
+        converted layer, its layout, shape, density, kernel and the crossover used (see
         `sparse_layout` / `restore_layout` for saving and loading).
 
     Example:
@@ -506,17 +596,17 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = 
         raise TypeError(f"sparsify() needs an nn.Module, got {type(model).__name__}")
     if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity={min_sparsity!r} must be a fraction of zeros in [0, 1]")
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel={kernel!r}: choose from {', '.join(KERNELS)}")
+    if kernel not in KERNELS + ("auto",):
+        raise ValueError(f"kernel={kernel!r}: choose from auto, {', '.join(KERNELS)}")
     if crossover is None:
         crossover = _env_crossover()
     elif isinstance(crossover, bool) or not isinstance(crossover, (int, float)) or not 0.0 <= crossover <= 1.0:
         raise ValueError(f"crossover={crossover!r} must be a density in [0, 1] (or None to measure)")
     if kernel == "numba" and not kernel_available("numba"):
-        warnings.warn("sparsify: numba is not installed, so there is no fast sparse kernel here; the model "
-                      "is returned dense (pip install numba, or pass kernel='dense' to store it compressed)",
-                      stacklevel=2)
-        return model if inplace else copy.deepcopy(model)
+        warnings.warn("sparsify: numba is not installed (pip install numba): using torch's CSR kernel "
+                      "(kernel='torch_csr') where it beats dense", stacklevel=2)
+        kernel = "torch_csr"
+    choices = _sparse_kernels() if kernel == "auto" else (kernel,)
 
     names = {m: n for n, m in model.named_modules()}
     ignore_names = set()
@@ -555,6 +645,9 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = 
         layout = "linear" if isinstance(m, nn.Linear) else "conv1d"
         if crossover is not None or kernel == "dense":
             cross = 1.0 if kernel == "dense" else float(crossover)
+            chosen = choices[0]
+            if cross < 1.0 and density >= cross:
+                continue  # (crossover 1.0 converts every layer that passed min_sparsity)
         elif name not in shapes:
             continue  # not called by the example forward: no shape to decide on, keep dense
         else:
@@ -563,21 +656,21 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = 
                 tokens, batch = max(1, int(torch.Size(s[:-1]).numel())), 1
             else:
                 batch, tokens = (int(s[0]), int(s[2])) if len(s) == 3 else (1, int(s[-1]))
-            cross = crossover_density(m.out_channels if layout == "conv1d" else m.out_features,
-                                      m.in_channels if layout == "conv1d" else m.in_features,
-                                      tokens, layout, batch, threads, kernel)
-        if cross < 1.0 and density >= cross:
-            continue  # (crossover 1.0 converts every layer that passed min_sparsity)
-        new = SparseLinear.from_dense(m, kernel)
+            out_f, in_f = (m.out_channels, m.in_channels) if layout == "conv1d" else (m.out_features, m.in_features)
+            chosen, _ = choose_kernel(out_f, in_f, tokens, density, layout, batch, threads, choices)
+            if chosen == "dense":
+                continue
+            cross = crossover_density(out_f, in_f, tokens, layout, batch, threads, chosen)
+        new = SparseLinear.from_dense(m, chosen)
         parent_name, _, child = name.rpartition(".")
         setattr(by_name[parent_name] if parent_name else model, child, new)
         record[name] = {"layout": layout, "in": new.in_features, "out": new.out_features, "nnz": new.nnz,
                         "bias": new.bias is not None, "density": new.density, "crossover": cross,
-                        "kernel": kernel}
+                        "kernel": chosen}
     model.compress_sparse = record
     if sparse_enough and not record:
         warnings.warn(f"sparsify: none of the {len(sparse_enough)} layers with >= {min_sparsity:.0%} zeros is sparse "
-                      "enough for the kernel to beat dense at this input shape; the model stays dense",
+                      "enough for a sparse kernel to beat dense at this input shape; the model stays dense",
                       stacklevel=2)
     return model
 

@@ -33,14 +33,15 @@ def test_when_kernel_multiplies_then_it_matches_the_dense_linear(shape, tokens, 
     _random_sparse_(lin.weight, density)
     with torch.no_grad():
         lin.weight[0] = 0.0  # an empty row
-    sp = SparseLinear.from_dense(lin)
-    x = torch.randn(2, tokens, in_f)  # tokens > 512 crosses the kernel's tile boundary
+    x = torch.randn(2, tokens, in_f)  # tokens > 512 crosses the numba kernel's tile boundary
     prior = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        with torch.no_grad():
-            assert sp._use_kernel(x)
-            torch.testing.assert_close(sp(x), lin(x), rtol=1e-5, atol=1e-5)
+        for kernel in ("numba", "torch_csr"):
+            sp = SparseLinear.from_dense(lin, kernel)
+            with torch.no_grad():
+                assert sp._use_kernel(x) == kernel
+                torch.testing.assert_close(sp(x), lin(x), rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(prior)
 
@@ -50,12 +51,14 @@ def test_when_conv1d_is_pointwise_then_it_is_sparsified_and_matches():
     conv = nn.Conv1d(24, 40, 1)
     _random_sparse_(conv.weight, 0.1)
     model = nn.Sequential(conv, nn.ReLU(), nn.Conv1d(40, 8, 3))  # the kernel-3 conv stays
-    fast = sparsify(model, min_sparsity=0.5, crossover=1.0)
-    assert isinstance(fast[0], SparseLinear) and isinstance(fast[2], nn.Conv1d)
     x = torch.randn(3, 24, 11)
-    with torch.no_grad():
-        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(fast[0](x[0]), conv(x[0]), rtol=1e-5, atol=1e-5)  # unbatched input
+    for kernel in ("numba", "torch_csr"):
+        fast = sparsify(model, min_sparsity=0.5, crossover=1.0, kernel=kernel)
+        assert isinstance(fast[0], SparseLinear) and isinstance(fast[2], nn.Conv1d)
+        assert fast.compress_sparse["0"]["kernel"] == kernel
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(fast[0](x[0]), conv(x[0]), rtol=1e-5, atol=1e-5)  # unbatched input
 
 
 def _pruned_tiny(ratio=0.85):
@@ -116,10 +119,24 @@ def test_when_the_crossover_is_measured_then_it_is_cached_per_shape(monkeypatch)
     monkeypatch.setattr(sparse, "_time", lambda fn, **kw: calls.append(1) or real(fn, budget_s=0.003, reps=3))
     d1 = sparse.crossover_density(32, 16, 8)
     n = len(calls)
-    d2 = sparse.crossover_density(32, 16, 8)
-    assert 0.0 <= d1 <= 1.0 and d1 == d2 and n == 3 and len(calls) == n  # second call: no timing
+    d2 = sparse.crossover_density(32, 16, 8, kernel="torch_csr")
+    kernel, speedup = sparse.choose_kernel(32, 16, 8, density=0.1)
+    # dense + 2 kernels x 2 probe densities, once; later calls for the shape time nothing
+    assert n == 5 and len(calls) == n
+    assert 0.0 <= d1 <= 1.0 and 0.0 <= d2 <= 1.0 and kernel in ("numba", "torch_csr", "dense") and speedup >= 1.0
     sparse.crossover_density(32, 16, 9)  # another shape is measured again
     assert len(calls) == 2 * n
+
+
+def test_when_kernels_are_profiled_then_the_choice_follows_the_fitted_times(monkeypatch):
+    # a fake profile: numba fast when sparse, torch_csr flat; dense 1.0
+    prof = {"dense": 1.0, "fits": {"numba": (0.1, 2.0), "torch_csr": (0.6, 0.5)}, "threads": 1}
+    monkeypatch.setattr(sparse, "_profile", lambda *a, **k: prof)
+    assert sparse.choose_kernel(8, 8, 8, density=0.1)[0] == "numba"      # 0.3 vs 0.55
+    assert sparse.choose_kernel(8, 8, 8, density=0.6)[0] == "torch_csr"  # 1.3 vs 0.9
+    assert sparse.choose_kernel(8, 8, 8, density=0.99)[0] == "dense"     # both slower than 1.0
+    assert sparse.crossover_density(8, 8, 8, kernel="numba") == pytest.approx(0.45)
+    assert sparse.crossover_density(8, 8, 8, kernel="torch_csr") == pytest.approx(0.8)
 
 
 def test_when_crossover_is_measured_then_example_inputs_are_needed():
@@ -150,8 +167,9 @@ def test_when_numba_is_missing_then_sparsify_warns_and_the_module_falls_back_to_
     sp = SparseLinear.from_dense(lin)  # made while the kernel "was there"
     monkeypatch.setattr(sparse, "_numba_kernels", lambda: None)
     with pytest.warns(UserWarning, match="numba is not installed"):
-        out = sparsify(nn.Sequential(lin), crossover=1.0)
-    assert type(out[0]) is nn.Linear
+        out = sparsify(nn.Sequential(lin), crossover=1.0, kernel="numba")
+    assert out.compress_sparse["0"]["kernel"] == "torch_csr"  # torch's own kernel instead
+    assert sparsify(nn.Sequential(lin), crossover=1.0).compress_sparse["0"]["kernel"] == "torch_csr"
     x = torch.randn(3, 16)
     with torch.no_grad():
         assert not sp._use_kernel(x)

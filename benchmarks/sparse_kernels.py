@@ -20,8 +20,11 @@ Kernels (``y = x @ W.T + b`` for ``x [tokens, in]``, random unstructured zeros i
 
 Per cell (shape, tokens, sparsity, threads) the kernels are timed in `--rounds`
 interleaved rounds (each round times every kernel once, a block of calls ~20 ms long),
-in one process; the record holds each kernel's median ms, min-max range and speedup
-(dense median / kernel median). One JSON line per cell, resumable (finished cells are
+in one process; the record holds each kernel's median wall ms, min-max range and speedup
+(dense median / kernel median), and the same from the thread's CPU time (``cpu_ms``,
+``cpu_speedup``: on a loaded shared machine CPU time is the steadier of the two, as it
+leaves out the time the process waits for a core; with threads > 1 it counts only the
+calling thread, so there only wall time is meaningful). One JSON line per cell, resumable (finished cells are
 skipped), each with the command that made it and the load average at its start.
 """
 import argparse
@@ -81,15 +84,16 @@ def make_kernels(weight, bias):
 
 
 def block_ms(fn, x, target_s=0.02):
+    """(wall ms, thread CPU ms) per call of a block of calls ~target_s long."""
     fn(x)
     t0 = time.perf_counter()
     fn(x)
     one = max(time.perf_counter() - t0, 1e-7)
     n = max(1, int(target_s / one))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for _ in range(n):
         fn(x)
-    return (time.perf_counter() - t0) / n * 1e3
+    return (time.perf_counter() - t0) / n * 1e3, (time.thread_time() - c0) / n * 1e3
 
 
 def main():
@@ -100,9 +104,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "sparse_kernels.jsonl"))
     ap.add_argument("--table", action="store_true", help="only print the markdown table of --out")
+    ap.add_argument("--cpu", action="store_true", help="--table from thread CPU time (1-thread rows)")
     args = ap.parse_args()
     if args.table:
-        return print_table(args.out)
+        return print_table(args.out, args.cpu)
     command = "python benchmarks/sparse_kernels.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     done = set()
     if os.path.exists(args.out):
@@ -129,14 +134,19 @@ def main():
                         torch.testing.assert_close(f(x), ref, rtol=1e-4, atol=1e-4, msg=f"{k} differs")
                     load = os.getloadavg()[0]
                     times = {k: [] for k in kernels}
+                    cpu = {k: [] for k in kernels}
                     for _ in range(args.rounds):
                         for k, f in kernels.items():
-                            times[k].append(block_ms(f, x))
+                            wall_ms, cpu_ms = block_ms(f, x)
+                            times[k].append(wall_ms)
+                            cpu[k].append(cpu_ms)
                     med = {k: float(np.median(v)) for k, v in times.items()}
+                    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
                     rec = {"shape": name, "out": out_f, "in": in_f, "tokens": tokens, "sparsity": s,
                            "threads": threads, "ms": med,
                            "range_ms": {k: [float(min(v)), float(max(v))] for k, v in times.items()},
                            "speedup": {k: med["dense"] / med[k] for k in med},
+                           "cpu_ms": med_cpu, "cpu_speedup": {k: med_cpu["dense"] / med_cpu[k] for k in med_cpu},
                            "best": max((k for k in med if k != "dense"), key=lambda k: med["dense"] / med[k]),
                            "loadavg_1min": load, "rounds": args.rounds, "torch": torch.__version__,
                            "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -146,13 +156,13 @@ def main():
                           " ".join(f"{k}={rec['speedup'][k]:.2f}x" for k in med if k != "dense"), flush=True)
 
 
-def print_table(path):
+def print_table(path, cpu=False):
     rows = [json.loads(line) for line in open(path)]
     print("| shape (out x in) | tokens | threads | sparsity | dense ms | numba | torch CSR (W x^T) | scipy | "
           "torch CSR (x W^T) | torch BSR 4x4 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        sp = r["speedup"]
+        sp = r["cpu_speedup"] if cpu and r["threads"] == 1 else r["speedup"]
         cell = lambda k: f"{sp[k]:.2f}x" if k in sp else "n/a"  # noqa: E731
         print(f"| {r['shape']} ({r['out']}x{r['in']}) | {r['tokens']} | {r['threads']} | {r['sparsity']:.0%} | "
               f"{r['ms']['dense']:.3f} | {cell('numba')} | {cell('torch_csr')} | {cell('scipy')} | "

@@ -234,6 +234,17 @@ class SparseLinear(nn.Module):
             return cls(module.weight, module.bias, "conv1d", kernel)
         raise TypeError(f"SparseLinear.from_dense needs an nn.Linear or a kernel-size-1 Conv1d, got {module!r}")
 
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, layout: str = "linear", bias: bool = True,
+              kernel: str = "numba", nnz: int = 0, dtype: torch.dtype = torch.float32) -> "SparseLinear":
+        """A `SparseLinear` with `nnz` zero-valued entries, to load a state dict into."""
+        shape = (out_features, in_features, 1) if layout == "conv1d" else (out_features, in_features)
+        m = cls(torch.zeros(shape, dtype=dtype), torch.zeros(out_features, dtype=dtype) if bias else None,
+                layout, kernel)
+        m.col_indices = torch.zeros(nnz, dtype=torch.int32)
+        m.values = torch.zeros(nnz, dtype=dtype)
+        return m
+
     @property
     def nnz(self) -> int:
         return int(self.values.numel())
@@ -697,7 +708,9 @@ def sparse_layout(model: nn.Module) -> Dict[str, dict]:
 
 def restore_layout(model: nn.Module, layout: Dict[str, dict]) -> nn.Module:
     """Put empty `SparseLinear` layers (sized from `layout`) where `sparse_layout` found
-    them, in place, so that the sparse state dict loads with strict shape checks.
+    them, in place, so that the sparse state dict loads with strict shape checks. (A
+    `compress.models.Forecaster` needs none of this: ``save`` / ``compress.models.load``
+    store and rebuild its sparse layers.)
 
     Example:
         >>> import torch
@@ -711,11 +724,27 @@ def restore_layout(model: nn.Module, layout: Dict[str, dict]) -> nn.Module:
         if name not in by_name:
             raise ValueError(f"sparse layer {name!r} of the saved model is not part of this architecture")
         dtype = getattr(torch, str(spec.get("dtype", "torch.float32")).replace("torch.", ""))
-        shape = (spec["out"], spec["in"], 1) if spec["layout"] == "conv1d" else (spec["out"], spec["in"])
-        new = SparseLinear(torch.zeros(shape, dtype=dtype), torch.zeros(spec["out"], dtype=dtype) if spec["bias"] else None,
-                           spec["layout"], spec.get("kernel", "numba"))
-        new.col_indices = torch.zeros(spec["nnz"], dtype=torch.int32)
-        new.values = torch.zeros(spec["nnz"], dtype=dtype)
+        new = SparseLinear.empty(spec["in"], spec["out"], spec["layout"], spec["bias"], spec.get("kernel", "numba"),
+                                 spec["nnz"], dtype)
         parent_name, _, child = name.rpartition(".")
         setattr(by_name[parent_name] if parent_name else model, child, new)
     return model
+
+
+def _rebuild_for_load(old: nn.Module, entry: dict) -> SparseLinear:
+    # compress.models.saving: the skeleton has a dense Linear / Conv1d where the saved model
+    # had a SparseLinear; tensor sizes (nnz) are set from the description afterwards
+    a = entry.get("attrs", {})
+    kernel = a.get("kernel", "numba")
+    return SparseLinear.empty(int(a["in_features"]), int(a["out_features"]), a.get("layout", "linear"),
+                              bias=getattr(old, "bias", None) is not None,
+                              kernel=kernel if kernel in KERNELS else "numba")
+
+
+def _register_with_saving() -> None:
+    from .models import saving
+
+    saving.register_module_type(SparseLinear, _rebuild_for_load, name="compress.sparse.SparseLinear")
+
+
+_register_with_saving()

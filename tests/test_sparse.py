@@ -221,3 +221,20 @@ def test_when_a_layer_was_masked_with_torch_prune_then_it_is_sparsified_from_the
     x = torch.randn(2, 20)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), lin(x), rtol=1e-5, atol=1e-5)
+
+
+def test_when_a_sparsified_forecaster_is_saved_then_load_rebuilds_it_compressed(tmp_path):
+    torch.manual_seed(0)
+    model = compress.models.load("transformer", size="tiny").eval()
+    x = torch.randn(2, model.context_length, model.n_channels)
+    pruned = compress.prune(model, "magnitude", 0.9, strategy="unstructured", example_inputs=x)
+    fast = sparsify(pruned, min_sparsity=0.7, crossover=1.0, kernel="torch_csr")
+    assert fast.compress_sparse
+    fast.save(tmp_path / "sparse")
+    pruned.save(tmp_path / "masked")
+    again = compress.models.load(str(tmp_path / "sparse"))
+    assert sparse_layout(again) == sparse_layout(fast)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x), rtol=1e-5, atol=1e-5)
+    size = lambda d: sum(f.stat().st_size for f in d.iterdir() if f.suffix == ".safetensors")  # noqa: E731
+    assert size(tmp_path / "sparse") < size(tmp_path / "masked")

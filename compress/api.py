@@ -22,7 +22,7 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
           steps: int = 1, scope: str = "layer", ignore: Sequence = (), heads: Optional[dict] = None,
           inplace: bool = False, *, units: Sequence[str] = ("ffn", "heads"), time_limit_s: float = 120.0,
           verbose: bool = False, validation: Optional[Iterable] = None,
-          options: Optional[dict] = None) -> nn.Module:
+          options: Optional[dict] = None, round_to=None) -> nn.Module:
     """Prune a forecaster with one call.
 
     Args:
@@ -57,6 +57,9 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
             `tolerance` (0.0: a round within this relative margin of the lowest validation
             loss counts as a tie, and ties go to the more pruned round). The other
             strategies take none.
+        round_to: "structured" / "progressive": keep FFN channel counts at multiples of this
+            (e.g. 8), rounding the kept count up; a dict sets it per kind
+            (``{"ffn": 16, "heads": 2}``). None keeps the counts the ratio gives.
 
     Returns:
         The pruned model (a copy unless `inplace`). Its `compress_pruning` attribute
@@ -71,7 +74,7 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
         (32, 2)
     """
     config = PruneConfig(ratio=ratio, steps=steps, scope=scope, units=units, time_limit_s=time_limit_s,
-                         verbose=verbose)
+                         verbose=verbose, round_to=round_to)
     crit = _criteria.get(criterion)
     strat = _strategies.get(strategy)
     if not isinstance(model, nn.Module):
@@ -85,6 +88,8 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
     if strat.requires_validation and not validation:
         raise ValueError(f"strategy {strat.name!r} stops on validation loss: pass validation=[(inputs, target), ...] "
                          "(e.g. compress.data.load(..., split='val').batches(32, limit=8))")
+    if config.round_to and not strat.rounds_widths:
+        raise ValueError(f"round_to applies to strategies that cut widths (structured, progressive), not {strat.name!r}")
     options = dict(options or {})
     strat.check_options(options, config)
     if crit.requires_data and not calibration:
@@ -138,7 +143,8 @@ def prune(model: nn.Module, criterion="magnitude", ratio: float = 0.5, strategy:
         guards.check_tied(model, tied)
         history = list(getattr(model, "compress_pruning", []))
         history.append({"strategy": strat.name, "criterion": repr(crit), "ratio": config.ratio,
-                        "steps": config.steps, "scope": config.scope, **summary})
+                        "steps": config.steps, "scope": config.scope,
+                        **({"round_to": config.round_to} if config.round_to else {}), **summary})
         model.compress_pruning = history
         hooks.after_prune()
     except BaseException:

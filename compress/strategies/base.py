@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Dict, List, Optional, Sequence
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -59,6 +59,11 @@ class PruneConfig:
             (`compress.graph.available_kinds()`: "ffn", "heads", ...).
         time_limit_s: abort graph building after this long (seconds > 0, or None: no limit).
         verbose: print progress.
+        round_to: keep counts rounded *up* to a multiple of this (never above the layer's
+            original count; groups smaller than the multiple are left as planned), so
+            pruned widths suit the hardware's vector and tile sizes. An int applies to
+            FFN channels; a dict sets it per unit kind (``{"ffn": 16, "heads": 2}``).
+            None: no rounding.
     """
 
     ratio: float = 0.5
@@ -67,6 +72,7 @@ class PruneConfig:
     units: Sequence[str] = ("ffn", "heads")
     time_limit_s: Optional[float] = 120.0
     verbose: bool = False
+    round_to: Optional[Union[int, Dict[str, int]]] = None
 
     def __post_init__(self):
         self.ratio = scalar(self.ratio, "ratio")
@@ -92,6 +98,18 @@ class PruneConfig:
         if bad or not self.units:
             raise ValueError(f"units={tuple(self.units)!r}: choose from {', '.join(map(repr, available_kinds()))}")
         self.units = tuple(self.units)
+        if self.round_to is not None:
+            per_kind = self.round_to if isinstance(self.round_to, dict) else {"ffn": self.round_to}
+            for kind, m in per_kind.items():
+                if kind not in ("ffn", "heads"):
+                    raise ValueError(f"round_to: unknown unit kind {kind!r}; use 'ffn' and/or 'heads'")
+                if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+                    raise ValueError(f"round_to={self.round_to!r}: multiples must be positive integers (e.g. 8)")
+            self.round_to = dict(per_kind)
+
+    def multiple_for(self, kind: str) -> int:
+        """The multiple keep counts of `kind` are rounded up to (1: none)."""
+        return (self.round_to or {}).get(kind, 1)
 
     def fraction_after(self, step: int) -> float:
         """Cumulative fraction removed after `step` (1-based) of `steps`."""
@@ -120,6 +138,8 @@ class Strategy:
     requires_validation: ClassVar[bool] = False
     #: True if it changes weight values in place (an inplace prune then snapshots them for rollback)
     writes_in_place: ClassVar[bool] = False
+    #: True if the strategy cuts widths and honours `PruneConfig.round_to`
+    rounds_widths: ClassVar[bool] = False
 
     def check_options(self, options: dict, config: PruneConfig) -> None:
         """Raise `ValueError` for settings this strategy does not take (default: none)."""
@@ -129,6 +149,32 @@ class Strategy:
     def run(self, model: nn.Module, criterion, ctx: PruneContext) -> dict:
         """Prune `model` in place; return a summary dict."""
         raise NotImplementedError
+
+
+def rounded_keep(keep: int, n_orig: int, multiple: int) -> int:
+    """`keep` rounded up to a multiple of `multiple`, at most `n_orig`; unchanged when the
+    group has fewer than `multiple` units.
+
+    Example:
+        >>> rounded_keep(13, 64, 8), rounded_keep(60, 64, 8), rounded_keep(3, 6, 8)
+        (16, 64, 3)
+    """
+    if multiple <= 1 or n_orig < multiple:
+        return keep
+    return min(n_orig, -(-keep // multiple) * multiple)
+
+
+def round_plan(plan: Dict[int, List[int]], groups, original: Dict[int, int], config: "PruneConfig") -> Dict[int, List[int]]:
+    """Shorten each group's removal list (ordered most-removable first) so the kept count
+    is a multiple of ``config.round_to`` for its kind (see `rounded_keep`)."""
+    if not config.round_to:
+        return plan
+    out = {}
+    for g in groups:
+        idxs = plan.get(id(g), [])
+        keep = rounded_keep(g.n - len(idxs), original[id(g)], config.multiple_for(g.kind))
+        out[id(g)] = list(idxs[:max(0, g.n - keep)])
+    return out
 
 
 def checked_scores(criterion, group) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import graph as G
 from ..criteria.base import default_loss, split_batch
-from .base import PruneConfig, PruneContext, Strategy, calibrate, checked_scores, register, trace_units
+from .base import PruneConfig, PruneContext, Strategy, calibrate, checked_scores, register, round_plan, trace_units
 
 __all__ = ["Progressive", "ProgressiveConfig", "apply_masks", "masked_loss"]
 
@@ -133,6 +133,7 @@ class Progressive(Strategy):
     """Mask a fraction of the surviving units per round, stop on validation loss, cut the best round."""
 
     name = "progressive"
+    rounds_widths = True
     requires_validation = True
 
     def check_options(self, options: dict, config: PruneConfig) -> None:
@@ -198,7 +199,14 @@ class Progressive(Strategy):
 
         chosen = self.choose(rounds, pcfg.tolerance)
         original = {id(g): g.n for g in groups}
-        plan = [(g, torch.nonzero(snapshots[chosen][id(g)] == 0).flatten().tolist()) for g in groups]
+        plan = {}
+        for g in groups:
+            idxs = torch.nonzero(snapshots[chosen][id(g)] == 0).flatten().tolist()
+            # earliest masked first: round_to then restores the units masked last
+            masked_in = {i: next(r for r in range(1, chosen + 1) if snapshots[r][id(g)][i] == 0) for i in idxs}
+            plan[id(g)] = sorted(idxs, key=lambda i: (masked_in[i], i))
+        plan = round_plan(plan, groups, original, cfg)  # round_to: kept widths at hardware multiples
+        plan = [(g, sorted(plan[id(g)])) for g in groups]
         report = pg.apply(plan, ctx.example_inputs, log=ctx.log)  # cut, run, restore what breaks
         removed = {g.name: report.removed.get(g.name, []) for g in groups}
         pg.restore_unpruned_attention()

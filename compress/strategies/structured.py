@@ -7,7 +7,7 @@ from typing import Dict, List
 import torch
 
 from .. import graph as G
-from .base import PruneContext, Strategy, calibrate, checked_scores, register, trace_units
+from .base import PruneContext, Strategy, calibrate, checked_scores, register, round_plan, trace_units
 
 
 @register
@@ -15,6 +15,7 @@ class Structured(Strategy):
     """Remove a fraction of FFN channels and of heads, per layer or ranked globally."""
 
     name = "structured"
+    rounds_widths = True
 
     def run(self, model, criterion, ctx: PruneContext) -> dict:
         cfg = ctx.config
@@ -29,6 +30,7 @@ class Structured(Strategy):
             scores = {id(g): checked_scores(criterion, g) for g in groups}
             G.release_memory(model)
             plan = (self._plan_layer if cfg.scope == "layer" else self._plan_global)(groups, scores, original, frac)
+            plan = round_plan(plan, groups, original, cfg)  # round_to: kept widths at hardware multiples
             # cut and run: a group whose cut breaks the forward pass is restored and dropped
             report = pg.apply([(g, plan[id(g)]) for g in groups if plan.get(id(g))], ctx.example_inputs,
                               log=ctx.log)

@@ -14,10 +14,11 @@ from .finetune import evaluate, prune_then_finetune
 # bound eagerly: a lazy attribute would be shadowed by the submodule `compress.measure` as
 # soon as anything imports it, turning `compress.measure(...)` into a call on a module
 from .measure import Measurement, measure
+from .export import export_onnx
 from .sparse import sparsify
 
 __all__ = ["prune", "finetune", "evaluate", "prune_then_finetune", "criteria", "strategies", "graph", "models",
-           "measure", "Measurement", "sparsify", "data", "analysis"]
+           "measure", "Measurement", "sparsify", "export_onnx", "data", "analysis"]
 __version__ = "0.1.0"
 
 

@@ -489,6 +489,7 @@ class Measurement:
             not measured.
         weight_mb: MiB that the parameters and buffers take as stored: a
             `compress.sparsify`'d layer counts its CSR arrays, not a dense weight.
+        backend: what ran the timed forwards: "torch" (eager) or "onnxruntime".
 
     Example:
         >>> a = Measurement(params=1_000_000, nonzero_params=1_000_000, density=1.0,
@@ -510,6 +511,7 @@ class Measurement:
     threads: int
     peak_memory_mb: float | None
     weight_mb: float | None = None
+    backend: str = "torch"
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (for results files).
@@ -584,6 +586,7 @@ class Measurement:
              ratio(s.peak_memory_mb, o.peak_memory_mb)],
             ["weights (stored)", mib(s.weight_mb), mib(o.weight_mb), ratio(s.weight_mb, o.weight_mb)],
             ["threads", str(s.threads), str(o.threads), ""],
+            ["backend", s.backend, o.backend, ""],
         ]
         table = tabulate(rows, headers=["metric", mine, theirs, f"{theirs}/{mine}"],
                          tablefmt="github", colalign=("left", "right", "right", "right"))
@@ -603,6 +606,7 @@ def measure(
     threads: int = 1,
     memory: bool = True,
     prunable: Any = None,
+    backend: str = "torch",
 ) -> Measurement:
     """Measure size, density, FLOPs, latency and peak memory of `model` on `example_inputs`.
 
@@ -635,6 +639,11 @@ def measure(
             ``nn.Linear``/``nn.Conv1d`` and the ``nn.MultiheadAttention`` input
             projection), a module type or tuple of types, or an iterable of modules
             (their ``*weight`` parameters) and/or Parameters.
+        backend: "torch" (eager PyTorch) or "onnxruntime": the model is exported with
+            `compress.export_onnx` (checked against the eager outputs) and the forward is
+            timed in an ONNX Runtime CPU session with `threads` intra-op threads; sizes and
+            FLOPs are still counted on the torch model, and peak memory is not measured
+            (None) for ONNX Runtime.
 
     Returns:
         A `Measurement`.
@@ -651,6 +660,8 @@ def measure(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if backend not in ("torch", "onnxruntime"):
+        raise ValueError(f"backend={backend!r}: choose 'torch' or 'onnxruntime'")
 
     params = _parameters(model)
     n_params = sum(p.value.numel() for p in params.values())
@@ -673,7 +684,10 @@ def measure(
             # a grad_fn, which FlopCounterMode's module tracker rejects (Crossformer's
             # expanded position tables); nothing here needs gradients
             flops = count_flops(model, example_inputs)  # also a first warm-up forward
-            if memory:
+            if backend == "onnxruntime":
+                if latency:
+                    latency_ms, latency_iqr_ms = _onnx_latency(model, example_inputs, repeats, threads)
+            elif memory:
                 if device.type == "cuda":
                     peak = _cuda_peak_bytes(forward, device)
                 elif torch._C._autograd._profiler_enabled():
@@ -688,7 +702,7 @@ def measure(
                 else:
                     peak = _cpu_peak_bytes(forward)
                 peak_mb = None if peak is None else peak / _MIB
-            if latency:
+            if latency and backend == "torch":
                 latency_ms, latency_iqr_ms = _latency(forward, repeats, threads)
     finally:
         torch.set_num_threads(prior_threads)
@@ -707,4 +721,17 @@ def measure(
         threads=threads,
         peak_memory_mb=peak_mb,
         weight_mb=_stored_bytes(model) / _MIB,
+        backend=backend,
     )
+
+
+def _onnx_latency(model: nn.Module, example_inputs: Any, repeats: int, threads: int) -> tuple[float, float]:
+    """(median, IQR) ms of the model exported to ONNX and run by ONNX Runtime."""
+    from .export import _as_args, export_onnx, onnx_session
+
+    args = _as_args(example_inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, args, os.path.join(tmp, "model.onnx"))
+        sess = onnx_session(path, threads=threads)
+        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
+        return _latency(lambda: sess.run(None, feeds), repeats, threads)

@@ -281,8 +281,9 @@ class SparseLinear(nn.Module):
             return None
         if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
             return None  # training: autograd needs the dense graph
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return None  # export / tracing sees the dense computation
+        if (type(x) is not torch.Tensor or torch.jit.is_scripting() or torch.jit.is_tracing()
+                or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            return None  # export / tracing (fake or traced tensors) sees the dense computation
         if self.kernel == "numba" and _numba_kernels() is None:
             return None
         return self.kernel

@@ -68,7 +68,7 @@ __all__ = ["SparseLinear", "sparsify", "crossover_density", "choose_kernel", "cl
 #: the kernels `SparseLinear` knows: "numba" (needs the numba package), "torch_csr"
 #: (torch's own CSR ``addmm``, always there) and "dense" (decompress, then a dense matmul)
 KERNELS = ("numba", "torch_csr", "dense")
-_TILE = 512  # tokens per tile of the numba kernel: one output-row tile stays in L1
+_L2_TILE_BYTES = 256 * 1024  # the numba kernel's input tile (K x tokens floats) fits in this
 
 
 # --------------------------------------------------------------------------------------
@@ -109,28 +109,30 @@ def _numba_kernels():
         rng = numba.prange if parallel else range
 
         @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
-        def csr_rows(indptr, indices, data, bias, xt, out, chunks):
+        def csr_rows(indptr, indices, data, bias, xt, out, tile, chunks):
             # indptr [M+1], indices/data [nnz]: the weight W [M, K] in CSR; bias [M];
             # xt [B, K, N]: input with tokens last; out [B, M, N] = W @ xt[b] + bias.
-            # The B*M output rows are split into `chunks` jobs (one accumulator each).
-            # Tokens are processed in tiles whose accumulator stays in L1, four non-zeros
-            # at a time (fewer accumulator loads/stores per FMA); slices rather than offset
-            # indices keep numba from adding negative-index checks, so the loops vectorise.
+            # Work is split into (batch, token tile) jobs, `chunks` of them per thread pool
+            # slot; each job runs every output row over one tile of `tile` tokens, so the
+            # tile of the input (K x tile floats) stays in L2 while all rows read it. Per
+            # row, four non-zeros at a time (fewer accumulator loads/stores per FMA);
+            # slices rather than offset indices keep numba from adding negative-index
+            # checks, so the token loops vectorise.
             nb, m, n = out.shape
-            rows = nb * m
-            per = (rows + chunks - 1) // chunks
+            tiles = (n + tile - 1) // tile
+            jobs = nb * tiles
+            per = (jobs + chunks - 1) // chunks
             for c in rng(chunks):
-                acc = np.empty(_TILE, dtype=out.dtype)
-                for job in range(c * per, min(rows, (c + 1) * per)):
-                    b = job // m
-                    i = job - b * m
+                acc = np.empty(tile, dtype=out.dtype)
+                for job in range(c * per, min(jobs, (c + 1) * per)):
+                    b = job // tiles
+                    t0 = (job - b * tiles) * tile
+                    tn = min(tile, n - t0)
                     xb = xt[b]
-                    p0, p1 = indptr[i], indptr[i + 1]
-                    for t0 in range(0, n, _TILE):
-                        tn = min(_TILE, n - t0)
-                        a = acc[:tn]
+                    a = acc[:tn]
+                    for i in range(m):
                         a[:] = bias[i]
-                        p = p0
+                        p, p1 = indptr[i], indptr[i + 1]
                         while p + 4 <= p1:
                             w0, w1, w2, w3 = data[p], data[p + 1], data[p + 2], data[p + 3]
                             x0 = xb[indices[p], t0:t0 + tn]
@@ -161,13 +163,17 @@ def _csr_matmul(arrays: tuple, xt: Tensor, out_features: int) -> Tensor:
     serial, parallel = _numba_kernels()
     threads = torch.get_num_threads()
     out = torch.empty((xt.shape[0], out_features, xt.shape[2]), dtype=xt.dtype)
+    k, n = xt.shape[1], xt.shape[2]
+    # token tile: the input tile (K x tile floats) within ~256 KiB of L2, 64..1024 tokens
+    tile = int(min(1024, max(64, (_L2_TILE_BYTES // (4 * max(1, k))) // 16 * 16)))
     if threads > 1:
         numba = _NUMBA["module"]
         threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         numba.set_num_threads(threads)
-        parallel(*arrays, xt.numpy(), out.numpy(), 4 * threads)
+        jobs = xt.shape[0] * -(-n // tile)
+        parallel(*arrays, xt.numpy(), out.numpy(), tile, min(jobs, 4 * threads))
     else:
-        serial(*arrays, xt.numpy(), out.numpy(), 1)
+        serial(*arrays, xt.numpy(), out.numpy(), tile, 1)
     return out
 
 

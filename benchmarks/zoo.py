@@ -2,6 +2,8 @@
 
     python benchmarks/zoo.py [--families ...] [--ratio 0.5] [--criterion magnitude]
     python benchmarks/zoo.py --ttm-mse        # TTM zero-shot ETTh1 MSE before/after taylor 0.2, 0.5
+    python benchmarks/zoo.py --round-to 8 --ratio 0.3 [--families ...]   # with vs without round_to
+    python benchmarks/zoo.py --widths         # dense FFN time per FLOP vs hidden width
 
 For each family: graph-building time, parameters, FLOPs (compress.measure) and CPU latency
 (1 thread, median, baseline and pruned timed back to back in this process) of one forward
@@ -56,6 +58,86 @@ def zoo(args):
             f.write(json.dumps(rec) + "\n")
 
 
+def _cpu_ms(fn, rounds: int, target_s: float = 0.1):
+    """Median per-call thread CPU ms of `rounds` blocks (steadier than wall time on a loaded machine)."""
+    fn()
+    out = []
+    for _ in range(rounds):
+        c0, n = time.thread_time(), 0
+        while time.thread_time() - c0 < target_s or n < 2:
+            fn()
+            n += 1
+        out.append((time.thread_time() - c0) / n * 1e3)
+    return sorted(out)[len(out) // 2]
+
+
+def round_to_cmp(args):
+    """Structured pruning with and without round_to on the cheap families: widths, FLOPs,
+    and CPU time of one forward (unpruned, plain, rounded timed in alternating rounds)."""
+    out = os.path.join(RESULTS, "zoo_round_to.jsonl")
+    torch.set_num_threads(1)
+    families = args.families or ["transformer", "informer", "autoformer", "fedformer", "crossformer", "patchtst", "ttm"]
+    for fam in families:
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = compress.models.load(fam, size="small").eval()
+        x = model.example_inputs(8, 7)
+        rec = {"family": fam, "size": "small", "criterion": args.criterion, "ratio": args.ratio,
+               "round_to": args.round_to, "batch": list(x.shape), "threads": 1, "torch": torch.__version__,
+               "timing": "thread CPU time, median of alternating rounds", "loadavg_1min": os.getloadavg()[0],
+               "command": "python benchmarks/zoo.py " + " ".join(sys.argv[1:])}
+        try:
+            plain = compress.prune(model, args.criterion, ratio=args.ratio, example_inputs=x).eval()
+            rounded = compress.prune(model, args.criterion, ratio=args.ratio, example_inputs=x,
+                                     round_to=args.round_to).eval()
+            widths = lambda m: sorted({g["after"] for g in m.compress_pruning[-1]["groups"].values()  # noqa: E731
+                                       if g["kind"] == "ffn"})
+            rec["ffn_widths_plain"], rec["ffn_widths_rounded"] = widths(plain), widths(rounded)
+            flops = {k: measure(m, x, latency=False, memory=False).flops
+                     for k, m in (("base", model), ("plain", plain), ("rounded", rounded))}
+            times = {k: [] for k in flops}
+            with torch.no_grad():
+                for _ in range(args.repeats):
+                    for k, m in (("base", model), ("plain", plain), ("rounded", rounded)):
+                        times[k].append(_cpu_ms(lambda: m(x), 1))
+            ms = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+            rec.update(flops=flops, cpu_ms=ms,
+                       speedup_plain=ms["base"] / ms["plain"], speedup_rounded=ms["base"] / ms["rounded"],
+                       flops_reduction_plain=flops["base"] / flops["plain"],
+                       flops_reduction_rounded=flops["base"] / flops["rounded"])
+            # speed per FLOP: > 1 means the rounded model does its (slightly larger) work faster per FLOP
+            rec["per_flop_gain_rounded"] = (flops["rounded"] / ms["rounded"]) / (flops["plain"] / ms["plain"])
+        except Exception as e:  # record and go on
+            rec["error"] = f"{type(e).__name__}: {e}"
+        print(json.dumps(rec), flush=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def widths(args):
+    """Dense FFN (768 tokens, 512 -> W -> 512, GELU) thread-CPU time per FLOP across widths W."""
+    out = os.path.join(RESULTS, "ffn_widths.jsonl")
+    torch.set_num_threads(1)
+    x = torch.randn(768, 512)
+    ws = [1016, 1020, 1022, 1023, 1024, 1025, 1026, 1028, 1032, 1000, 1001, 1008]
+    layers = {w: torch.nn.Sequential(torch.nn.Linear(512, w), torch.nn.GELU(), torch.nn.Linear(w, 512)) for w in ws}
+    times = {w: [] for w in ws}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for w in ws:
+                times[w].append(_cpu_ms(lambda: layers[w](x), 1, 0.05))
+    ref = sorted(times[1024])[len(times[1024]) // 2] / 1024
+    for w in ws:
+        ms = sorted(times[w])[len(times[w]) // 2]
+        rec = {"tokens": 768, "d_model": 512, "width": w, "cpu_ms": ms, "ms_per_width_vs_1024": (ms / w) / ref,
+               "multiple_of_8": w % 8 == 0, "threads": 1, "repeats": args.repeats, "torch": torch.__version__,
+               "loadavg_1min": os.getloadavg()[0], "command": "python benchmarks/zoo.py " + " ".join(sys.argv[1:])}
+        print(json.dumps(rec), flush=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
 def ttm_mse(args):
     out = os.path.join(RESULTS, "zoo_ttm_mse.jsonl")
     torch.set_num_threads(2)
@@ -85,9 +167,18 @@ def main():
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--ttm-mse", action="store_true")
+    ap.add_argument("--round-to", type=int, default=None, help="compare structured pruning with/without round_to")
+    ap.add_argument("--widths", action="store_true", help="dense FFN time per FLOP across hidden widths")
     args = ap.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
-    ttm_mse(args) if args.ttm_mse else zoo(args)
+    if args.ttm_mse:
+        ttm_mse(args)
+    elif args.widths:
+        widths(args)
+    elif args.round_to:
+        round_to_cmp(args)
+    else:
+        zoo(args)
 
 
 if __name__ == "__main__":

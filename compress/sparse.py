@@ -481,7 +481,8 @@ def crossover_density(out_features: int, in_features: int, tokens: int, layout: 
 
 
 def choose_kernel(out_features: int, in_features: int, tokens: int, density: float, layout: str = "linear",
-                  batch: int = 1, threads: Optional[int] = None, kernels=None) -> Tuple[str, float]:
+                  batch: int = 1, threads: Optional[int] = None, kernels=None,
+                  min_speedup: float = 1.0) -> Tuple[str, float]:
     """The fastest way to multiply a weight of this shape and density: a sparse kernel, or
     "dense" when none beats the dense matmul (from the same cached measurement as
     `crossover_density`).
@@ -490,6 +491,7 @@ def choose_kernel(out_features: int, in_features: int, tokens: int, density: flo
         out_features, in_features, tokens, layout, batch, threads: as in `crossover_density`.
         density: the weight's fraction of non-zeros.
         kernels: the sparse kernels to choose from (default: every available one).
+        min_speedup: the predicted speedup a kernel needs over dense to be chosen.
 
     Returns:
         ``(kernel, predicted speedup over dense)``.
@@ -504,7 +506,7 @@ def choose_kernel(out_features: int, in_features: int, tokens: int, density: flo
     predicted = {k: prof["fits"][k][0] + prof["fits"][k][1] * density for k in kernels}
     best = min(predicted, key=predicted.get)
     speedup = prof["dense"] / max(predicted[best], 1e-12)
-    return (best, speedup) if speedup > 1.0 else ("dense", 1.0)
+    return (best, speedup) if speedup > max(1.0, min_speedup) else ("dense", 1.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -565,7 +567,7 @@ def _env_crossover() -> Optional[float]:
 
 def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = None, *,
              kernel: str = "auto", crossover: Optional[float] = None, threads: Optional[int] = None,
-             ignore=(), inplace: bool = False) -> nn.Module:
+             min_speedup: float = 1.1, ignore=(), inplace: bool = False) -> nn.Module:
     """Replace sparse-enough Linear / pointwise Conv1d layers by `SparseLinear` (CSR kernel).
 
     A layer is converted when its weight's fraction of exact zeros is at least
@@ -590,6 +592,9 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = 
             where installed. The environment variable ``COMPRESS_SPARSE_CROSSOVER`` sets
             the same.
         threads: thread count the crossover is measured at (default: torch's current).
+        min_speedup: a layer is converted only where the measured kernel is predicted at
+            least this much faster than dense (the margin absorbs timing noise and the
+            per-call overhead the probe does not see).
         ignore: modules or qualified names to keep dense.
         inplace: convert `model` itself instead of a copy.
 
@@ -675,7 +680,7 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = 
             else:
                 batch, tokens = (int(s[0]), int(s[2])) if len(s) == 3 else (1, int(s[-1]))
             out_f, in_f = (m.out_channels, m.in_channels) if layout == "conv1d" else (m.out_features, m.in_features)
-            chosen, _ = choose_kernel(out_f, in_f, tokens, density, layout, batch, threads, choices)
+            chosen, _ = choose_kernel(out_f, in_f, tokens, density, layout, batch, threads, choices, min_speedup)
             if chosen == "dense":
                 continue
             cross = crossover_density(out_f, in_f, tokens, layout, batch, threads, chosen)

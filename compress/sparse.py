@@ -9,26 +9,31 @@ kernel size 1, i.e. a Linear over channels) whose weight is sparse enough with a
 `SparseLinear` that stores the weight in CSR form (``crow_indices``, ``col_indices``,
 ``values``: the memory really shrinks) and multiplies through a compiled CSR kernel.
 
-Why this kernel library (by measurement)
-----------------------------------------
-Measured on the project's 2-core Xeon, one thread, torch 2.13, for the Linear shapes of
-the classic forecasters and PatchTST (``benchmarks/sparse_kernels.py``, results in
-``benchmarks/results/sparse_kernels.jsonl`` and the README): torch's own CSR path
-(``to_sparse_csr`` + ``addmm``, MKL sparse underneath) and BSR are slower than dense at
-every sparsity up to 95%; scipy's CSR matmul (single-threaded, row-gather order) wins only
-at 95% on some shapes; a CSR row kernel compiled with numba that streams whole rows of
-the transposed input (``out[o, :] += w * x[:, j]``, SIMD over tokens, rows split across
-threads with ``prange``) is the only one that beats dense from ~70-80% sparsity on. So
-numba it is; where numba is not installed (``pip install numba``) `sparsify` warns once
-and keeps the layers dense (`SparseLinear` itself then falls back to a dense matmul of the
-decompressed weight, so a saved sparse model still loads and runs).
+Why these kernels (by measurement)
+----------------------------------
+Measured on the project's 2-core Xeon (AVX-512), one thread, torch 2.13, for the Linear
+shapes of the classic forecasters and PatchTST at 50-95% random sparsity
+(``benchmarks/sparse_kernels.py``, ``benchmarks/results/sparse_kernels.jsonl``, README):
+torch's CSR written the obvious way (``x @ W_csr.T``), scipy's CSR matmul and torch's BSR
+(4x4) are slower than dense everywhere; two kernels win on the larger shapes and are kept:
+torch's own CSR ``addmm`` in the ``W @ x^T`` orientation ("torch_csr", MKL sparse
+underneath; always available) and a CSR row kernel compiled with numba ("numba": token
+tiles of the transposed input stay in L2 while every row streams them, SIMD over tokens,
+rows of jobs split with ``prange`` across threads). Neither wins on the classic models'
+small shapes (64x64 at 96 tokens): dense MKL runs at ~50 GFMA/s per core there and the
+kernels' per-call overhead dominates. Which one is faster depends on the shape, so
+`sparsify` measures both (``kernel="auto"``). Without numba (``pip install numba``) torch_csr
+is used alone, and a `SparseLinear` whose kernel cannot run decompresses and multiplies
+dense, so a saved sparse model always loads and runs.
 
 Dense or sparse, per layer
 --------------------------
-Whether the kernel beats dense depends on the shape (out, in, tokens) and the machine.
-`crossover_density` measures it once per shape and thread count: it times the dense
-matmul and the kernel at two densities on random weights, fits the kernel's time as
-linear in the density, and returns the density below which the kernel is faster. Results
+Whether a kernel beats dense depends on the shape (out, in, tokens) and the machine.
+`crossover_density` / `choose_kernel` measure it once per shape and thread count: they
+time the dense matmul and each kernel at two densities on random weights, fit each
+kernel's time as linear in the density, and give the density below which it is faster /
+the fastest choice at a layer's density (converted only if predicted ``min_speedup``,
+default 1.1x, faster). Results
 are cached per process (`clear_crossover_cache` resets it); ``sparsify(..., crossover=d)``
 (or the environment variable ``COMPRESS_SPARSE_CROSSOVER=d``) skips the measurement and
 uses density ``d`` for every layer.

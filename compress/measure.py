@@ -519,7 +519,7 @@ class Measurement:
         Example:
             >>> import torch
             >>> sorted(measure(torch.nn.Linear(2, 2), torch.ones(1, 2), latency=False).as_dict())[:3]
-            ['density', 'flops', 'latency_iqr_ms']
+            ['backend', 'density', 'flops']
         """
         return dataclasses.asdict(self)
 

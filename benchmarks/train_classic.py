@@ -70,7 +70,12 @@ CONFIGS = {
     "autoformer": dict(_ENC_DEC, factor=3, moving_avg=25),
     "fedformer": dict(_ENC_DEC, modes=64, mode_select="random", moving_avg=25),
     "crossformer": dict(d_model=48, n_heads=4, d_ff=96, seg_len=12, win_size=2, factor=10, e_layers=2, dropout=0.2),
+    # Issue 10 (depth pruning): the same Transformer with 6 encoder layers, a subject deep enough
+    # to remove blocks from (2 encoder layers leave nothing to choose).
+    "transformer-e6": dict(_ENC_DEC, e_layers=6),
 }
+# Entries that are a variant of a family: the name `compress.models.load` takes.
+FAMILY = {"transformer-e6": "transformer"}
 MAX_CHECKPOINT_BYTES = 2 * 1024 * 1024
 
 
@@ -98,7 +103,8 @@ def train_one(name: str, args, data: dict, naive: dict, command: str) -> dict:
     cfg = build_config(name)
 
     torch.manual_seed(args.seed)
-    model = compress.models.load(name, **cfg)
+    family = FAMILY.get(name, name)
+    model = compress.models.load(family, **cfg)
     params = sum(p.numel() for p in model.parameters())
     print(f"[{name}] {params:,} parameters; config {cfg}", flush=True)
 
@@ -127,7 +133,7 @@ def train_one(name: str, args, data: dict, naive: dict, command: str) -> dict:
         print(f"[{name}] WARNING: checkpoint is {size / 2**20:.2f} MB (> 2 MB)", flush=True)
 
     # The saved file + config must rebuild the same model: compare on a few test batches.
-    rebuilt = compress.models.load(name, pretrained=ckpt, **cfg)
+    rebuilt = compress.models.load(family, pretrained=ckpt, **cfg)
     a = compress.evaluate(trained, data["test"], batch_size=args.eval_batch_size, limit=args.check_batches)
     b = compress.evaluate(rebuilt, data["test"], batch_size=args.eval_batch_size, limit=args.check_batches)
     if abs(a["mse"] - b["mse"]) > 1e-6 * max(1.0, a["mse"]):
@@ -143,7 +149,7 @@ def train_one(name: str, args, data: dict, naive: dict, command: str) -> dict:
         "seed": args.seed, "threads": args.threads, "torch": torch.__version__, "command": command,
     }
     meta = {
-        "model": name, "config": cfg, "dataset": DATASET, "scaled": True,
+        "model": name, "family": family, "config": cfg, "dataset": DATASET, "scaled": True,
         "full_config": trained.config,
         "training": {
             "optimizer": "AdamW(weight_decay=0)", "lr": args.lr, "batch_size": args.batch_size,
@@ -170,7 +176,7 @@ def train_one(name: str, args, data: dict, naive: dict, command: str) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--models", nargs="+", default=[m for m in CONFIGS if m not in FAMILY], choices=list(CONFIGS))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-train-batches", type=int, default=120, help="batches per epoch (0: all)")
     ap.add_argument("--batch-size", type=int, default=32)

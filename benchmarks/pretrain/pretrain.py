@@ -94,6 +94,7 @@ def parse_args(argv=None):
     # run
     a("--threads", type=int, default=1)
     a("--out", default=DEFAULT_OUT)
+    a("--name", default=None, help="model name in the model card (default: the --out folder's name)")
     a("--save-every", type=int, default=250)
     a("--log-every", type=int, default=25)
     a("--probe-windows", type=int, default=512)
@@ -292,8 +293,10 @@ def recipe_md(model, args, log: dict, final: bool) -> str:
     n_patches = (args.context - args.patch_length) // args.patch_stride + 1
     last = log["train_loss"][-min(len(log["train_loss"]), 200):]
     pools = log.get("pools", {})
+    name = args.name or os.path.basename(os.path.normpath(args.out))
+    rel_out = os.path.relpath(os.path.abspath(args.out), REPO)
     lines = [
-        "# patchtst-mini-pretrained",
+        f"# {name}",
         "",
         "A small pretrained Transformer time-series foundation model for `compress`: Hugging Face",
         "`PatchTSTForPrediction` (Nie et al., ICLR 2023), channel-independent, pretrained here on CPU",
@@ -304,7 +307,7 @@ def recipe_md(model, args, log: dict, final: bool) -> str:
         f"Status: **{status}**.",
         "",
         "```python",
-        'm = compress.models.load("patchtst", pretrained="compress/models/weights/patchtst-mini-pretrained", horizon=96)',
+        f'm = compress.models.load("patchtst", pretrained="{rel_out}", horizon=96)',
         "m(past)   # past [B, 512, C] -> [B, 96, C]; horizon=192 (the native length) or anything <= 192",
         "```",
         "",

@@ -35,7 +35,7 @@ def available() -> List[str]:
     Example:
         >>> import compress
         >>> compress.criteria.available()
-        ['activation', 'magnitude', 'random', 'taylor']
+        ['activation', 'dominance', 'magnitude', 'random', 'taylor']
     """
     return sorted(_REGISTRY)
 
@@ -116,6 +116,9 @@ class Criterion:
 
     name: ClassVar[str] = "base"
     requires_data: ClassVar[bool] = False
+    #: the unit kinds it scores: "ffn"/"heads" (UnitGroup), "weights" (WeightGroup), "layers"
+    #: (whole blocks: `compress.strategies.layers.BlockStack`, for strategy="layers")
+    kinds: ClassVar[tuple] = ("ffn", "heads", "weights")
 
     def calibrate(self, model: nn.Module, batches: Optional[Iterable] = None, *, groups: Sequence = (),
                   loss_fn: Optional[Callable] = None, masks=None) -> "Criterion":

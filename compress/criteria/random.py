@@ -13,6 +13,7 @@ class Random(Criterion):
     """
 
     name = "random"
+    kinds = ("ffn", "heads", "weights", "layers")
 
     def __init__(self, seed: int = 0):
         self.seed = seed

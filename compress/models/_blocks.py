@@ -176,6 +176,39 @@ class ClassicForecaster(Forecaster):
     def protected_modules(self) -> List[nn.Module]:
         return list(self.model.protected_modules())
 
+    def layer_stacks(self) -> list:
+        """Encoder layers (`e_layers`) and decoder layers (`d_layers`), one kept in each.
+
+        Informer's distilling encoder (`conv_layers`, each halving the length between two
+        layers) is not offered: removing a layer there also changes how often the sequence
+        is halved, which skipping the layer does not show. Decomposition decoder layers
+        (Autoformer, FEDformer) also return a trend: a skipped one adds none.
+        """
+        from ..strategies.layers import BlockStack
+
+        stacks = []
+        enc, dec = getattr(self.model, "encoder", None), getattr(self.model, "decoder", None)
+        if isinstance(getattr(enc, "attn_layers", None), nn.ModuleList) and getattr(enc, "conv_layers", None) is None:
+            stacks.append(BlockStack("model.encoder.attn_layers", fix=_count_fix("e_layers")))
+        if isinstance(getattr(dec, "layers", None), nn.ModuleList):
+            decomp = any(isinstance(layer, DecompDecoderLayer) for layer in dec.layers)
+            stacks.append(BlockStack("model.decoder.layers", skip=_skip_with_zero_side if decomp else None,
+                                     fix=_count_fix("d_layers")))
+        return stacks
+
+
+def _count_fix(field: str):
+    def fix(forecaster, old, kept):
+        forecaster.config[field] = len(kept)
+    return fix
+
+
+def _skip_with_zero_side(output, hidden_in):
+    """A skipped block that returns (hidden, side output): its input, and zeros for the side
+    output (a decomposition decoder layer's trend, a Crossformer decoder layer's prediction)."""
+    x, side = output
+    return hidden_in, torch.zeros_like(side)
+
 
 # --- embeddings ----------------------------------------------------------------------
 def circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:

@@ -62,3 +62,35 @@ def _t5_attention(module: nn.Module, hint: Optional[int]) -> Optional[AttentionS
     if getattr(module, "has_relative_attention_bias", False):
         per_head.append((module.relative_attention_bias, "weight", 1))  # [buckets, n_heads]
     return AttentionSpec(module, module.n_heads, module.q, module.k, module.v, module.o, per_head)
+
+
+# --- depth pruning ---------------------------------------------------------------------------
+def move_position_bias(old_blocks, kept) -> bool:
+    """After blocks were removed from a T5 stack: if its first block (the owner of the
+    relative-bias table, which hands the bias to every later block) was removed, the new
+    first block takes the table over. Returns True if a table moved.
+
+    Without this the new first block would compute a zero bias (it has no table) and every
+    block would attend without relative positions.
+    """
+    if not kept or kept[0] == 0:
+        return False
+    owner = old_blocks[0].layer[0].SelfAttention
+    heir = old_blocks[kept[0]].layer[0].SelfAttention
+    if not getattr(owner, "has_relative_attention_bias", False) or heir.has_relative_attention_bias:
+        return False  # nothing owned, or already untied (every layer has its own table)
+    heir.relative_attention_bias = owner.relative_attention_bias
+    heir.has_relative_attention_bias = True
+    return True
+
+
+def t5_block_stack(path: str, set_count):
+    """A `BlockStack` for the `block` list of a T5 stack: `set_count(forecaster, n)` updates the
+    config's layer count after a removal, and the relative-bias table follows the first block."""
+    from ..strategies.layers import BlockStack
+
+    def fix(forecaster, old, kept):
+        move_position_bias(old, kept)
+        set_count(forecaster, len(kept))
+
+    return BlockStack(path, fix=fix)

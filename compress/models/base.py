@@ -248,6 +248,23 @@ class Forecaster(PruningHooks, nn.Module):
 
     # prepare_for_pruning, after_prune, protected_modules: see PruningHooks (defaults there)
 
+    def layer_stacks(self) -> list:
+        """The lists of removable blocks for depth pruning (`compress.prune(..., strategy="layers")`).
+
+        Returns `compress.strategies.layers.BlockStack`s: the path of each `nn.ModuleList`,
+        how many of its blocks must stay, what a skipped block returns (`skip`) and the
+        fix-up after removal (`fix`: config counts, tables owned by a removed block).
+        Default: every `nn.ModuleList` of identical blocks (`find_block_stacks`); adapters
+        override it to name their stacks and update their configs.
+
+        Example:
+            >>> [s.path for s in compress.models.load("patchtst", size="tiny").layer_stacks()]  # doctest: +SKIP
+            ['model.model.encoder.layers']
+        """
+        from ..strategies.layers import find_block_stacks
+
+        return find_block_stacks(self)
+
     def example_inputs(self, batch_size: int = 2, n_channels: Optional[int] = None) -> torch.Tensor:
         c = self.n_channels or n_channels or 3
         p = next((p for p in self.parameters() if p.is_floating_point()), None)

@@ -133,6 +133,22 @@ class ChronosBoltForecaster(Forecaster):
 
         untie_position_bias(self.model)
 
+    def layer_stacks(self) -> list:
+        """The T5 encoder and decoder blocks; `num_layers` / `num_decoder_layers` follow a
+        removal and the relative-bias table moves to the new first block of its stack."""
+        from ._t5 import t5_block_stack
+
+        def count(which):
+            def set_count(forecaster, n):
+                m = forecaster.model
+                setattr(m.config, which, n)
+                getattr(m, "encoder" if which == "num_layers" else "decoder").config.num_layers = n
+                forecaster.config.setdefault("model_config", {})[which] = n
+            return set_count
+
+        return [t5_block_stack("model.encoder.block", count("num_layers")),
+                t5_block_stack("model.decoder.block", count("num_decoder_layers"))]
+
     def protected_modules(self) -> List[nn.Module]:
         # Patch embedding (2*patch -> d_model residual MLP) and the quantile head.
         return [self.model.input_patch_embedding, self.model.output_patch_embedding]

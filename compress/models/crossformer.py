@@ -234,6 +234,8 @@ class CrossformerNet(nn.Module):
         self.decoder = nn.ModuleList(
             [CrossformerDecoderLayer(cfg.seg_len, d, cfg.n_heads, cfg.d_ff, cfg.dropout, out_seg, cfg.factor)
              for _ in range(cfg.e_layers + 1)])
+        for i, layer in enumerate(self.decoder):
+            layer.scale = i  # the encoder scale it reads (kept when decoder layers are removed)
 
     def protected_modules(self) -> List[nn.Module]:
         return [self.enc_value_embedding.linear] + [layer.linear_pred for layer in self.decoder]
@@ -249,8 +251,8 @@ class CrossformerNet(nn.Module):
             enc_out.append(x)
         x = self.dec_pos_embedding.expand(B, -1, -1, -1)                              # [B, C, out_seg, D]
         prediction = 0
-        for layer, cross in zip(self.decoder, enc_out):
-            x, layer_predict = layer(x, cross)
+        for i, layer in enumerate(self.decoder):
+            x, layer_predict = layer(x, enc_out[getattr(layer, "scale", i)])
             prediction = prediction + layer_predict                                   # [B, C, out_seg, seg_len]
         prediction = prediction.reshape(B, C, -1).transpose(1, 2)                     # [B, out_seg*seg_len, C]
         return prediction[:, :self.out_len, :]
@@ -273,3 +275,21 @@ class CrossformerForecaster(ClassicForecaster):
 
     config_class = CrossformerConfig
     network_class = CrossformerNet
+
+    def layer_stacks(self) -> list:
+        """The TSA layers of each encoder scale (a scale may lose all of them: its segment
+        merging stays) and the decoder layers (one per scale; at least one stays; a skipped
+        one adds no prediction). The scales themselves stay: the later scales' routers are
+        sized for the merged segment counts."""
+        from ..strategies.layers import BlockStack
+        from ._blocks import _skip_with_zero_side
+
+        def record(forecaster, old, kept):
+            net = forecaster.model
+            forecaster.config["scale_depths"] = [len(b.encode_layers) for b in net.encoder]
+            forecaster.config["decoder_scales"] = [getattr(layer, "scale", i) for i, layer in enumerate(net.decoder)]
+
+        stacks = [BlockStack(f"model.encoder.{i}.encode_layers", min_keep=0, fix=record)
+                  for i in range(len(self.model.encoder))]
+        stacks.append(BlockStack("model.decoder", skip=_skip_with_zero_side, fix=record))
+        return stacks

@@ -256,6 +256,16 @@ class MoiraiForecaster(Forecaster):
         mean = self.distribution(past).mean  # [B, C*(Nc+Nh), P_max]
         return self.unpack(mean, n_context, past.shape[-1])
 
+    def layer_stacks(self) -> list:
+        """The encoder layers (residual over the packed token sequence)."""
+        from ..strategies.layers import BlockStack
+
+        def fix(forecaster, old, kept):
+            forecaster.model.num_layers = len(kept)
+            forecaster.config.setdefault("module_config", {})["num_layers"] = len(kept)
+
+        return [BlockStack("model.encoder.layers", fix=fix)]
+
     # heads are cut by the attention spec registered above; compress.graph traces each
     # attention as one node, so its einops rearranges and RoPE never reach torch-pruning
     def protected_modules(self) -> List[nn.Module]:

@@ -149,6 +149,23 @@ class MomentForecaster(Forecaster):
 
         untie_position_bias(self.model)
 
+    def layer_stacks(self) -> list:
+        """The T5 encoder blocks; the T5 config's `num_layers` follows a removal and the
+        relative-bias table moves to the new first block."""
+        from ._t5 import t5_block_stack
+
+        def set_count(forecaster, n):
+            m = forecaster.model
+            m.encoder.config.num_layers = n
+            t5 = getattr(m.config, "t5_config", None)
+            if isinstance(t5, dict):
+                t5["num_layers"] = n
+            mc = forecaster.config.setdefault("model_config", {})
+            if isinstance(mc.get("t5_config"), dict):
+                mc["t5_config"]["num_layers"] = n
+
+        return [t5_block_stack("model.encoder.block", set_count)]
+
     def protected_modules(self) -> List[nn.Module]:
         # Patch embedding (patch_len -> d_model) and the flatten-linear forecasting head.
         return [self.model.patch_embedding.value_embedding, self.model.head.linear]

@@ -166,3 +166,14 @@ class PatchTSTForecaster(Forecaster):
         emb = self.model.model.encoder.embedder.input_embedding
         head = self.model.head
         return [emb, head.projection if head.share_projection else head.projections]
+
+    def layer_stacks(self) -> list:
+        """The encoder layers (each pre-norm residual, [B*C, patches, d_model] -> same)."""
+        from ..strategies.layers import BlockStack
+
+        return [BlockStack("model.model.encoder.layers", fix=_fix_layer_count)]
+
+
+def _fix_layer_count(forecaster: "PatchTSTForecaster", old, kept) -> None:
+    forecaster.model.config.num_hidden_layers = len(kept)
+    forecaster.config.setdefault("model_config", {})["num_hidden_layers"] = len(kept)

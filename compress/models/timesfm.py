@@ -152,6 +152,21 @@ class TimesFMForecaster(Forecaster):
         mc = self.config.setdefault("model_config", {})
         mc["num_attention_heads"], mc["num_key_value_heads"] = cfg.num_attention_heads, cfg.num_key_value_heads
 
+    def layer_stacks(self) -> list:
+        """The decoder layers (residual, [B*C, patches, d_model] -> same). After a removal the
+        config's layer count follows and the per-layer head counts (on the attention modules)
+        are re-read by `after_prune`."""
+        from ..strategies.layers import BlockStack
+
+        def fix(forecaster, old, kept):
+            forecaster.model.config.num_hidden_layers = len(kept)
+            forecaster.config.setdefault("model_config", {})["num_hidden_layers"] = len(kept)
+            heads = forecaster.config.get("head_counts")
+            if isinstance(heads, list) and len(heads) == len(old):  # a per-layer table, if one is kept
+                forecaster.config["head_counts"] = [heads[i] for i in kept]
+
+        return [BlockStack("model.model.layers", fix=fix)]
+
     def protected_modules(self) -> List[nn.Module]:
         # Input tokenizer (2*patch -> d_model residual MLP) and the point / quantile heads.
         return [

@@ -115,6 +115,36 @@ class TTMForecaster(Forecaster):
         out = self.model(past_values=past, return_loss=False, return_dict=True)
         return out.prediction_outputs  # [B, H, C]
 
+    def layer_stacks(self) -> list:
+        """The mixer layers of every adaptive-patching level and of the decoder (each a
+        residual patch/feature mixer, [B, C, patches, d] -> same). A level may lose all of
+        them (its reshapes are then the identity); the config's `num_layers` /
+        `decoder_num_layers` follow when every level keeps the same count, and
+        `layer_counts` records the count per level."""
+        from ..strategies.layers import BlockStack
+
+        paths = []
+        for name, m in self.named_modules():
+            if type(m).__name__ == "TinyTimeMixerBlock":
+                if getattr(m, "adaptive_patching_levels", 0) > 0:
+                    paths += [f"{name}.mixers.{i}.mixer_layers" for i in range(len(m.mixers))]
+                else:
+                    paths.append(f"{name}.mixers")
+
+        def fix(forecaster, old, kept):
+            counts = {p: len(forecaster.get_submodule(p)) for p in paths}
+            forecaster.config["layer_counts"] = counts
+            cfg = forecaster.model.config
+            enc = [n for p, n in counts.items() if ".decoder." not in p]
+            dec = [n for p, n in counts.items() if ".decoder." in p]
+            mc = forecaster.config.setdefault("model_config", {})
+            if enc and len(set(enc)) == 1:
+                cfg.num_layers = mc["num_layers"] = enc[0]
+            if dec:
+                cfg.decoder_num_layers = mc["decoder_num_layers"] = dec[0]
+
+        return [BlockStack(p, min_keep=0, fix=fix) for p in paths]
+
     def protected_modules(self) -> List[nn.Module]:
         # Patch projection (patch_length -> d_model) and the flatten-linear forecasting head.
         return [self.model.backbone.encoder.patcher, self.model.head.base_forecast_block]

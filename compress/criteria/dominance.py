@@ -139,6 +139,13 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [N, D], [N, D] ->
     return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8)
 
 
+def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [N, D], [N, D] -> [N] radians
+    # 2 atan2(|u - v|, |u + v|) for unit u, v: exact near 0 and pi, where arccos(cos) loses digits
+    u = torch.nn.functional.normalize(a, dim=-1, eps=1e-12)
+    v = torch.nn.functional.normalize(b, dim=-1, eps=1e-12)
+    return 2.0 * torch.atan2((u - v).norm(dim=-1), (u + v).norm(dim=-1))
+
+
 @register
 class Dominance(Criterion):
     """Per-block scores for depth pruning (`strategy="layers"`), higher = more important.
@@ -247,7 +254,7 @@ class Dominance(Criterion):
                             bm = toks[m][1]
                             if bm.shape != a.shape:
                                 continue
-                            ang = torch.arccos(_cos(a, bm).clamp(-1.0, 1.0)) / math.pi
+                            ang = _angle(a, bm) / math.pi
                             ang_sum[id(s)][i, m] += float(ang.sum())
                         if self.measure == "cka":
                             _accumulate_moments(moments.setdefault((id(s), i), {}), a, b)

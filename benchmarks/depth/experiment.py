@@ -1,0 +1,258 @@
+"""Issue 10 experiment: depth pruning by layer dominance vs random / first-k / last-k blocks.
+
+    python benchmarks/depth/experiment.py --models patchtst_deep ttm patchtst_pre transformer_e6 crossformer \
+        --datasets ETTh1 ETTm1 weather [--out benchmarks/results/depth.jsonl]
+    python benchmarks/depth/experiment.py --report benchmarks/results/depth.jsonl     # markdown tables
+    python benchmarks/depth/experiment.py --plot benchmarks/results/depth.jsonl       # per-block score plot
+
+Per (model, dataset), horizon 96 for the TSFMs (context 512) and the classic forecasters'
+own setting (ETTm1, input 96, horizon 192; they were trained for it):
+
+  block-scores     every dominance measure on the calibration windows, next to the real
+                   increase of the validation MSE when each block alone is removed; the
+                   Spearman correlation of each measure with it (this picks the default)
+  zero-shot        the model as loaded (pretrained / trained)
+  finetune         the full model fine-tuned with the realignment budget (the baseline)
+  prune            `compress.prune(strategy="layers")` at ratio 0.25 / 0.5 / 0.75 of the
+                   blocks, selected by dominance (the default measure), random, first-k,
+                   last-k; and keep="auto" (dominance, tolerance 10 % on validation)
+  prune-then-finetune  the same models after the realignment fine-tune
+
+Everything is sized for a shared 2-core CPU: calibration and validation are a few fixed
+batches, realignment is one short epoch (--realign-batches), test windows are strided
+(stated per record). Latency: the cell's model and the unpruned model are timed in the same
+process, interleaved (base, cell, base; median of --repeats each, 1 thread), speedup = the
+lower base median / the cell's. One JSON line per cell; cells already in the file are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, REPO)
+import compress  # noqa: E402
+from compress.criteria.dominance import MEASURES, skipping  # noqa: E402
+from compress.measure import measure  # noqa: E402
+from compress.strategies.layers import model_stacks  # noqa: E402
+
+WEIGHTS = os.path.join(REPO, "compress", "models", "weights")
+CKPT = os.path.join(REPO, "benchmarks", "checkpoints")
+CLASSIC = {"transformer_e6": ("transformer", "transformer-e6-ETTm1-96-192"),
+           "crossformer": ("crossformer", "crossformer-ETTm1-96-192"),
+           "transformer": ("transformer", "transformer-ETTm1-96-192")}
+TEST_STRIDE = {"ETTh1": 16, "ETTm1": 64, "weather": 128}
+
+
+def setting(name):
+    """(context, horizon, datasets it runs on) of a model."""
+    if name in CLASSIC:
+        return 96, 192, ("ETTm1",)
+    return 512, 96, None
+
+
+def load_model(name, horizon):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name == "ttm":
+            return compress.models.load("ttm")
+        if name == "patchtst_pre":
+            return compress.models.load("patchtst", pretrained=os.path.join(WEIGHTS, "patchtst-mini-pretrained"),
+                                        horizon=horizon)
+        if name == "patchtst_deep":
+            return compress.models.load("patchtst", pretrained=os.path.join(WEIGHTS, "patchtst-deep-pretrained"),
+                                        horizon=horizon)
+        if name in CLASSIC:
+            family, stem = CLASSIC[name]
+            cfg = json.load(open(os.path.join(CKPT, stem + ".json")))["config"]
+            return compress.models.load(family, pretrained=os.path.join(CKPT, stem + ".pt"), **cfg)
+    raise ValueError(f"unknown model {name!r}")
+
+
+def records(path):
+    if path and os.path.exists(path):
+        for line in open(path):
+            if line.strip():
+                yield json.loads(line)
+
+
+def cell_key(r):
+    return (r["model"], r["dataset"], r["method"], r.get("select"), r.get("ratio"), r.get("keep"))
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return float("nan")
+    rho = spearmanr(a, b).statistic
+    return float(rho)
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def timed(base, model, x, repeats):
+    a = measure(base, x, repeats=repeats, memory=False)
+    b = measure(model, x, repeats=repeats, memory=False)
+    a2 = measure(base, x, repeats=repeats, memory=False)
+    base_ms = min(a.latency_ms, a2.latency_ms)
+    return {"params": b.params, "params_base": a.params, "flops": b.flops, "flops_base": a.flops,
+            "latency_ms": b.latency_ms, "latency_base_ms": [a.latency_ms, a2.latency_ms],
+            "speedup": base_ms / b.latency_ms, "flops_reduction": a.flops / max(b.flops, 1)}
+
+
+def block_scores(base, cal, val, default_measure):
+    """Every measure's per-block scores and the real per-block removal increase (validation MSE)."""
+    from compress.strategies.progressive import masked_loss
+
+    out = {"scores": {}, "seconds": {}}
+    for m in MEASURES:
+        stacks = model_stacks(base)
+        t0 = time.perf_counter()
+        crit = compress.criteria.get("dominance", measure=m).calibrate(base, cal, groups=stacks)
+        out["seconds"][m] = round(time.perf_counter() - t0, 2)
+        out["scores"][m] = [float(v) for s in stacks for v in crit.score(s)]
+    stacks = model_stacks(base)
+    out["blocks"] = [f"{s.path}[{i}]" for s in stacks for i in range(s.n)]
+    with torch.no_grad():
+        v0 = masked_loss(base, val)
+        inc = []
+        for s in stacks:
+            for i in range(s.n):
+                with skipping([(s, i)]):
+                    inc.append(masked_loss(base, val) - v0)
+    out["val_mse"] = v0
+    out["real_val_increase"] = inc
+    out["spearman"] = {m: spearman(out["scores"][m], inc) for m in MEASURES}
+    return out
+
+
+def run(args):
+    done = {cell_key(r) for r in records(args.out) if not r.get("error")}
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    command = "python benchmarks/depth/experiment.py " + " ".join(sys.argv[1:])
+    for dataset in args.datasets:
+        for model_name in args.models:
+            context, horizon, only = setting(model_name)
+            if only and dataset not in only:
+                continue
+            train = compress.data.load(dataset, context, horizon, "train")
+            val = compress.data.load(dataset, context, horizon, "val")
+            test = compress.data.load(dataset, context, horizon, "test", stride=TEST_STRIDE[dataset])
+            cal = train.batches(args.batch_size, limit=args.calibration_batches, shuffle=True, seed=0)
+            valb = val.batches(args.batch_size, limit=args.validation_batches, shuffle=True, seed=0)
+            x = test.batches(8, limit=1)[0][0]  # fixed timing batch [8, L, C]
+            ft = dict(epochs=1, lr=args.lr, patience=1, batch_size=args.batch_size,
+                      max_train_batches=args.realign_batches, max_val_batches=args.validation_batches,
+                      progress=False)
+            base = load_model(model_name, horizon).eval()
+
+            def emit(rec):
+                rec.update(model=model_name, dataset=dataset, horizon=horizon, context_length=context,
+                           test_stride=TEST_STRIDE[dataset], command=command)
+                print(json.dumps(rec), flush=True)
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+
+            def evaluate_cell(model, rec, t0):
+                r = compress.evaluate(model, test, batch_size=64)
+                rec.update(mse=r["mse"], mae=r["mae"], n_windows=r["n_windows"],
+                           **timed(base, model, x, args.repeats), seconds=round(time.perf_counter() - t0, 1))
+                return rec
+
+            # 1. per-block scores vs real removal loss
+            if (model_name, dataset, "block-scores", None, None, None) not in done:
+                t0 = time.perf_counter()
+                bs = block_scores(base, cal, valb, args.measure)
+                emit({"method": "block-scores", **bs, "seconds_total": round(time.perf_counter() - t0, 1)})
+            # 2. the unpruned model, zero-shot and fine-tuned with the realignment budget
+            for method in ("zero-shot", "finetune"):
+                rec = {"method": method, "strategy": None, "ratio": 0.0, "select": None, "keep": None}
+                if cell_key({"model": model_name, "dataset": dataset, **rec}) in done:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    model = base if method == "zero-shot" else compress.finetune(base, train, val, **ft)
+                    n_blocks = sum(s.n for s in model_stacks(model))
+                    rec.update(blocks_before=n_blocks, blocks_after=n_blocks)
+                    emit(evaluate_cell(model, rec, t0))
+                except Exception as e:  # noqa: BLE001 - a failed cell is recorded, the run goes on
+                    emit({**rec, "error": f"{type(e).__name__}: {e}"})
+            # 3. depth pruning cells, before and after realignment
+            plan = [(sel, r, None) for r in args.ratios for sel in ("dominance", "random", "first", "last")]
+            plan.append(("dominance", args.auto_max_ratio, "auto"))
+            for sel, ratio, keep in plan:
+                realign = keep == "auto" or sel == "dominance" or ratio in args.realign_all_at
+                methods = ["prune"] + (["prune-then-finetune"] if realign else [])
+                keys = [{"method": m, "select": sel, "ratio": ratio, "keep": keep} for m in methods]
+                if all(cell_key({"model": model_name, "dataset": dataset, **k}) in done for k in keys):
+                    continue
+                t0 = time.perf_counter()
+                crit = (compress.criteria.get("dominance", measure=args.measure) if sel == "dominance"
+                        else compress.criteria.get("random", seed=0))
+                options = {"select": sel if sel in ("first", "last") else "score"}
+                if keep == "auto":
+                    options.update(keep="auto", tolerance=args.tolerance)
+                common = {"strategy": "layers", "ratio": ratio, "select": sel, "keep": keep,
+                          "measure": args.measure if sel == "dominance" else None}
+                try:
+                    pruned = compress.prune(base, crit, ratio=ratio, strategy="layers", calibration=cal,
+                                            validation=valb, example_inputs=x, options=options).eval()
+                    pr = pruned.compress_pruning[-1]
+                    info = {"blocks_before": pr["blocks_before"], "blocks_after": pr["blocks_after"],
+                            "removed": {p: s["removed"] for p, s in pr["stacks"].items() if s["removed"]},
+                            **({"auto": pr["auto"]} if "auto" in pr else {})}
+                    emit(evaluate_cell(pruned, {"method": "prune", **common, **info}, t0))
+                    if realign:
+                        t1 = time.perf_counter()
+                        tuned = compress.finetune(pruned, train, val, **ft)
+                        emit(evaluate_cell(tuned, {"method": "prune-then-finetune", **common, **info,
+                                                   "realign": dict(ft, method="full")}, t1))
+                except Exception as e:  # noqa: BLE001
+                    emit({"method": "prune", **common, "error": f"{type(e).__name__}: {e}"})
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["patchtst_deep", "ttm", "patchtst_pre", "transformer_e6",
+                                                    "crossformer"])
+    ap.add_argument("--datasets", nargs="+", default=["ETTh1", "ETTm1", "weather"])
+    ap.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    ap.add_argument("--realign-all-at", nargs="*", type=float, default=[0.75],
+                    help="ratios at which random / first / last are realigned too (dominance always is)")
+    ap.add_argument("--auto-max-ratio", type=float, default=0.9)
+    ap.add_argument("--tolerance", type=float, default=0.10)
+    ap.add_argument("--measure", default="removal", choices=MEASURES)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--calibration-batches", type=int, default=2)
+    ap.add_argument("--validation-batches", type=int, default=4)
+    ap.add_argument("--realign-batches", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "depth.jsonl"))
+    ap.add_argument("--report", metavar="RESULTS")
+    ap.add_argument("--plot", metavar="RESULTS")
+    args = ap.parse_args(argv)
+    if args.report:
+        from report import report  # benchmarks/depth/report.py
+
+        return report(args.report)
+    if args.plot:
+        from report import plot
+
+        return plot(args.plot)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -250,25 +250,27 @@ def test_every_family_removal_equals_skipping_the_same_blocks(name, measure):
         assert s.n == rec["stacks"][s.path]["after"]
 
 
-COUNT_FIELDS = {  # family -> (how to read the layer count(s) from the pruned forecaster)
-    "patchtst": lambda m: [m.model.config.num_hidden_layers, m.config["model_config"]["num_hidden_layers"]],
-    "timesfm": lambda m: [m.model.config.num_hidden_layers, m.config["model_config"]["num_hidden_layers"]],
-    "moirai": lambda m: [m.model.num_layers, m.config["module_config"]["num_layers"]],
-    "chronos_bolt": lambda m: [m.model.config.num_layers, m.model.encoder.config.num_layers,
-                               m.config["model_config"]["num_layers"]],
+COUNT_FIELDS = {  # family -> the layer count(s) in the pruned forecaster's live family config
+    "patchtst": lambda m: [m.model.config.num_hidden_layers],
+    "timesfm": lambda m: [m.model.config.num_hidden_layers],
+    "moirai": lambda m: [m.model.num_layers],
+    "chronos_bolt": lambda m: [m.model.config.num_layers, m.model.encoder.config.num_layers],
     "moment": lambda m: [m.model.encoder.config.num_layers, m.model.config.t5_config["num_layers"]],
-    "transformer": lambda m: [m.config["e_layers"]],
+    "ttm": lambda m: [m.model.config.num_layers, m.model.config.decoder_num_layers],
 }
 
 
 @pytest.mark.parametrize("name", sorted(COUNT_FIELDS))
 def test_layer_count_fields_follow_the_removal(name):
     model = tiny(name)
-    small = compress.prune(model, "random", strategy="layers", options={"keep": 1 if name != "chronos_bolt" else 2,
-                                                                       "select": "last"})
+    before = copy.deepcopy(model.config)
+    keep = {"chronos_bolt": 2, "ttm": 3}.get(name, 1)  # chronos: 1 encoder + 1 decoder; ttm: 1 per level
+    small = compress.prune(model, "random", strategy="layers", example_inputs=model.example_inputs(),
+                           options={"keep": keep, "select": "last"})
     if name == "chronos_bolt":  # one encoder and one decoder block stay
         assert small.model.config.num_decoder_layers == 1 and small.model.decoder.config.num_layers == 1
     assert set(COUNT_FIELDS[name](small)) == {1}
+    assert small.config == before  # the build record (what a saved model is rebuilt from) is unchanged
 
 
 def _encoder_states(model, x):
@@ -292,7 +294,7 @@ def test_t5_removing_the_first_block_moves_the_relative_bias_table(name):
         for block in model.model.encoder.block:
             for lin in ("v", "o"):
                 getattr(block.layer[0].SelfAttention, lin).weight.normal_(0, 0.3)
-    small = compress.prune(model, "random", strategy="layers", options={"keep": 1 if name == "moment" else 2,
+    small = compress.prune(model, "random", strategy="layers", example_inputs=x, options={"keep": 1 if name == "moment" else 2,
                                                                        "select": "first"})
     enc = small.model.encoder.block
     att = enc[0].layer[0].SelfAttention
@@ -309,9 +311,10 @@ def test_t5_removing_the_first_block_moves_the_relative_bias_table(name):
 def test_crossformer_decoder_layers_keep_reading_their_own_scale():
     model = tiny("crossformer")
     x, _ = family_data(model)
-    small = compress.prune(model, "random", strategy="layers", options={"keep": 3, "select": "first"})
+    small = compress.prune(model, "random", strategy="layers", example_inputs=x, options={"keep": 3, "select": "first"})
     # 2 of 5 go, shared by size (1, 1, 3 blocks): scale 0's TSA layer and decoder layer 0
-    assert small.config["decoder_scales"] == [1, 2] and small.config["scale_depths"] == [0, 1]
+    assert [layer.scale for layer in small.model.decoder] == [1, 2]
+    assert [len(b.encode_layers) for b in small.model.encoder] == [0, 1]
     assert small(x).shape == model(x).shape
 
 
@@ -320,17 +323,30 @@ def test_timesfm_per_layer_head_counts_survive_depth_pruning():
     x, cal = family_data(model)
     narrow = compress.prune(model, "magnitude", ratio=0.5, example_inputs=x, units=("heads",))
     heads = [layer.self_attn.num_heads for layer in narrow.model.model.layers]
-    shallow = compress.prune(narrow, "random", strategy="layers", options={"keep": 1, "select": "first"})
+    shallow = compress.prune(narrow, "random", strategy="layers", example_inputs=x, options={"keep": 1, "select": "first"})
     assert [layer.self_attn.num_heads for layer in shallow.model.model.layers] == heads[1:]
     assert shallow(x).shape == model(x).shape
 
 
-def test_pruned_model_saves_and_loads_back_with_identical_outputs(tmp_path):
-    model = tiny("patchtst")
+@pytest.mark.parametrize("name", FAMILIES)
+def test_depth_pruned_model_saves_and_loads_back_with_identical_outputs(name, tmp_path):
+    model = _subject(name)
     x, cal = family_data(model)
-    small = compress.prune(model, "dominance", ratio=0.5, strategy="layers", calibration=cal).eval()
+    if name in ("chronos_bolt", "moment"):  # remove the T5 stacks' first blocks: the bias table must move
+        small = compress.prune(model, "random", strategy="layers", example_inputs=x,
+                               options={"keep": 1 if name == "moment" else 2, "select": "first"})
+    else:
+        small = compress.prune(model, "dominance", ratio=0.5, strategy="layers", calibration=cal)
+    small = compress.prune(small, "magnitude", ratio=0.5, example_inputs=x)  # and width after depth
+    small.eval()
+    assert small.compress_removed_blocks
     small.save(str(tmp_path / "m"))
     again = compress.models.load(str(tmp_path / "m"))
-    assert len(again.model.model.encoder.layers) == 1
+    assert again.compress_removed_blocks == small.compress_removed_blocks
+    assert [r["strategy"] for r in again.compress_pruning] == ["layers", "structured"]
+    for a, b in zip(model_stacks(again), model_stacks(small)):
+        assert a.path == b.path and a.n == b.n
     with torch.no_grad():
         torch.testing.assert_close(again(x), small(x), rtol=0, atol=0)
+    if name == "patchtst":
+        assert again.model.config.num_hidden_layers == len(again.model.model.encoder.layers)

@@ -182,25 +182,20 @@ class ClassicForecaster(Forecaster):
         Informer's distilling encoder (`conv_layers`, each halving the length between two
         layers) is not offered: removing a layer there also changes how often the sequence
         is halved, which skipping the layer does not show. Decomposition decoder layers
-        (Autoformer, FEDformer) also return a trend: a skipped one adds none.
+        (Autoformer, FEDformer) also return a trend: a skipped one adds none. The networks
+        read the list lengths, so nothing else changes; `config` (the dataclass a saved model
+        is rebuilt from) keeps the unpruned `e_layers` / `d_layers`.
         """
         from ..strategies.layers import BlockStack
 
         stacks = []
         enc, dec = getattr(self.model, "encoder", None), getattr(self.model, "decoder", None)
         if isinstance(getattr(enc, "attn_layers", None), nn.ModuleList) and getattr(enc, "conv_layers", None) is None:
-            stacks.append(BlockStack("model.encoder.attn_layers", fix=_count_fix("e_layers")))
+            stacks.append(BlockStack("model.encoder.attn_layers"))
         if isinstance(getattr(dec, "layers", None), nn.ModuleList):
             decomp = any(isinstance(layer, DecompDecoderLayer) for layer in dec.layers)
-            stacks.append(BlockStack("model.decoder.layers", skip=_skip_with_zero_side if decomp else None,
-                                     fix=_count_fix("d_layers")))
+            stacks.append(BlockStack("model.decoder.layers", skip=_skip_with_zero_side if decomp else None))
         return stacks
-
-
-def _count_fix(field: str):
-    def fix(forecaster, old, kept):
-        forecaster.config[field] = len(kept)
-    return fix
 
 
 def _skip_with_zero_side(output, hidden_in):

@@ -143,7 +143,7 @@ class ChronosBoltForecaster(Forecaster):
                 m = forecaster.model
                 setattr(m.config, which, n)
                 getattr(m, "encoder" if which == "num_layers" else "decoder").config.num_layers = n
-                forecaster.config.setdefault("model_config", {})[which] = n
+                # `forecaster.config` stays the unpruned build record (saved models are rebuilt from it)
             return set_count
 
         return [t5_block_stack("model.encoder.block", count("num_layers")),

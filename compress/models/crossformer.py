@@ -284,12 +284,6 @@ class CrossformerForecaster(ClassicForecaster):
         from ..strategies.layers import BlockStack
         from ._blocks import _skip_with_zero_side
 
-        def record(forecaster, old, kept):
-            net = forecaster.model
-            forecaster.config["scale_depths"] = [len(b.encode_layers) for b in net.encoder]
-            forecaster.config["decoder_scales"] = [getattr(layer, "scale", i) for i, layer in enumerate(net.decoder)]
-
-        stacks = [BlockStack(f"model.encoder.{i}.encode_layers", min_keep=0, fix=record)
-                  for i in range(len(self.model.encoder))]
-        stacks.append(BlockStack("model.decoder", skip=_skip_with_zero_side, fix=record))
+        stacks = [BlockStack(f"model.encoder.{i}.encode_layers", min_keep=0) for i in range(len(self.model.encoder))]
+        stacks.append(BlockStack("model.decoder", skip=_skip_with_zero_side))
         return stacks

@@ -261,8 +261,7 @@ class MoiraiForecaster(Forecaster):
         from ..strategies.layers import BlockStack
 
         def fix(forecaster, old, kept):
-            forecaster.model.num_layers = len(kept)
-            forecaster.config.setdefault("module_config", {})["num_layers"] = len(kept)
+            forecaster.model.num_layers = len(kept)  # `forecaster.config` stays the unpruned build record
 
         return [BlockStack("model.encoder.layers", fix=fix)]
 

@@ -158,11 +158,8 @@ class MomentForecaster(Forecaster):
             m = forecaster.model
             m.encoder.config.num_layers = n
             t5 = getattr(m.config, "t5_config", None)
-            if isinstance(t5, dict):
-                t5["num_layers"] = n
-            mc = forecaster.config.setdefault("model_config", {})
-            if isinstance(mc.get("t5_config"), dict):
-                mc["t5_config"]["num_layers"] = n
+            if isinstance(t5, dict):  # a new dict: the build record (`forecaster.config`) shares the old one
+                m.config.t5_config = {**t5, "num_layers": n}
 
         return [t5_block_stack("model.encoder.block", set_count)]
 

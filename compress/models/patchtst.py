@@ -175,5 +175,6 @@ class PatchTSTForecaster(Forecaster):
 
 
 def _fix_layer_count(forecaster: "PatchTSTForecaster", old, kept) -> None:
+    # the live config follows; `forecaster.config` stays the unpruned build record (a saved
+    # model is rebuilt from it, then loses the recorded `compress_removed_blocks`)
     forecaster.model.config.num_hidden_layers = len(kept)
-    forecaster.config.setdefault("model_config", {})["num_hidden_layers"] = len(kept)

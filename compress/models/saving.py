@@ -389,6 +389,18 @@ def _check_weights(directory: str, meta: dict) -> str:
 
 
 def _remove_blocks(model: nn.Module, removed: Dict[str, List[int]]) -> None:
+    if not removed:
+        return
+    from ..strategies.layers import remove_saved_blocks
+
+    # stacks the adapter declares are cut by the depth-pruning surgery itself, so their fix-ups
+    # (layer counts in the family config, T5's relative-bias table moving to the new first
+    # block) happen as they did when the model was pruned
+    try:
+        if remove_saved_blocks(model, removed):
+            return
+    except (IndexError, ValueError) as e:
+        raise SavedModelError(f"removed_blocks do not fit the rebuilt model: {e}") from None
     for stack, idxs in removed.items():
         try:
             container = model.get_submodule(stack)

@@ -159,11 +159,9 @@ class TimesFMForecaster(Forecaster):
         from ..strategies.layers import BlockStack
 
         def fix(forecaster, old, kept):
+            # the live config follows (`forecaster.config` stays the unpruned build record); the
+            # per-layer head counts live on the kept layers' attention modules and go with them
             forecaster.model.config.num_hidden_layers = len(kept)
-            forecaster.config.setdefault("model_config", {})["num_hidden_layers"] = len(kept)
-            heads = forecaster.config.get("head_counts")
-            if isinstance(heads, list) and len(heads) == len(old):  # a per-layer table, if one is kept
-                forecaster.config["head_counts"] = [heads[i] for i in kept]
 
         return [BlockStack("model.model.layers", fix=fix)]
 

@@ -119,8 +119,7 @@ class TTMForecaster(Forecaster):
         """The mixer layers of every adaptive-patching level and of the decoder (each a
         residual patch/feature mixer, [B, C, patches, d] -> same). A level may lose all of
         them (its reshapes are then the identity); the config's `num_layers` /
-        `decoder_num_layers` follow when every level keeps the same count, and
-        `layer_counts` records the count per level."""
+        `decoder_num_layers` follow when every level keeps the same count."""
         from ..strategies.layers import BlockStack
 
         paths = []
@@ -132,16 +131,16 @@ class TTMForecaster(Forecaster):
                     paths.append(f"{name}.mixers")
 
         def fix(forecaster, old, kept):
+            # the live config follows where one number can say it (`forecaster.config` stays the
+            # unpruned build record; the per-level counts are the lists' lengths)
             counts = {p: len(forecaster.get_submodule(p)) for p in paths}
-            forecaster.config["layer_counts"] = counts
             cfg = forecaster.model.config
             enc = [n for p, n in counts.items() if ".decoder." not in p]
             dec = [n for p, n in counts.items() if ".decoder." in p]
-            mc = forecaster.config.setdefault("model_config", {})
             if enc and len(set(enc)) == 1:
-                cfg.num_layers = mc["num_layers"] = enc[0]
+                cfg.num_layers = enc[0]
             if dec:
-                cfg.decoder_num_layers = mc["decoder_num_layers"] = dec[0]
+                cfg.decoder_num_layers = dec[0]
 
         return [BlockStack(p, min_keep=0, fix=fix) for p in paths]
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from .base import PruneConfig, PruneContext, Strategy, checked_scores, register
 
-__all__ = ["BlockStack", "LayersConfig", "find_block_stacks", "resolve_stacks", "remove_blocks", "Layers"]
+__all__ = ["BlockStack", "LayersConfig", "find_block_stacks", "resolve_stacks", "model_stacks", "remove_blocks",
+           "remove_saved_blocks", "Layers"]
 
 
 @dataclass
@@ -153,6 +154,26 @@ def remove_blocks(model: nn.Module, stack: BlockStack, remove: Sequence[int]) ->
     return kept
 
 
+def remove_saved_blocks(model: nn.Module, removed: Dict[str, List[int]]) -> bool:
+    """Re-apply a saved depth pruning to an unpruned skeleton (`compress.models.saving.load`).
+
+    `removed` maps stack paths to the original indices removed. Stacks the model declares
+    (`layer_stacks()`) are cut with `remove_blocks`, so their `fix` runs (config counts,
+    T5's relative-bias table moves to the new first block) exactly as when the model was
+    pruned. Returns False if some path is not a declared stack (the caller then removes
+    those entries plainly).
+    """
+    try:
+        stacks = {s.path: s for s in model_stacks(model)}
+    except Exception:  # a model whose stacks cannot be listed: plain removal
+        return False
+    if not set(removed) <= set(stacks):
+        return False
+    for path, idxs in removed.items():
+        remove_blocks(model, stacks[path], idxs)
+    return True
+
+
 @dataclass
 class LayersConfig:
     """Settings of the `layers` strategy (`compress.prune(..., options={...})`).
@@ -276,9 +297,13 @@ class Layers(Strategy):
                "measure": getattr(criterion, "measure", None) if needs_scores else None}
         if auto is not None:
             out["auto"] = auto
-        note = getattr(model, "note_removed_blocks", None)
-        if callable(note):
-            note({p: r["removed"] for p, r in record_stacks.items() if r["removed"]})
+        # what `compress.models.saving` reads to rebuild the architecture: original indices per stack
+        removed = {k: list(v) for k, v in dict(getattr(model, "compress_removed_blocks", None) or {}).items()}
+        for p, r in record_stacks.items():
+            if r["removed"]:
+                removed[p] = sorted(set(removed.get(p, [])) | set(r["removed"]))
+        if removed:
+            model.compress_removed_blocks = removed
         return out
 
     # --- planning ---------------------------------------------------------------------------

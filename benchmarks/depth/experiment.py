@@ -2,8 +2,8 @@
 
     python benchmarks/depth/experiment.py --models patchtst_deep ttm patchtst_pre transformer_e6 crossformer \
         --datasets ETTh1 ETTm1 weather [--out benchmarks/results/depth.jsonl]
-    python benchmarks/depth/experiment.py --report benchmarks/results/depth.jsonl     # markdown tables
-    python benchmarks/depth/experiment.py --plot benchmarks/results/depth.jsonl       # per-block score plot
+    python benchmarks/depth/report.py benchmarks/results/depth            # markdown tables (all *.jsonl there)
+    python benchmarks/depth/report.py --plot benchmarks/results/depth     # per-block scores vs real removal loss
 
 Per (model, dataset), horizon 96 for the TSFMs (context 512) and the classic forecasters'
 own setting (ETTm1, input 96, horizon 192; they were trained for it):
@@ -47,7 +47,7 @@ CKPT = os.path.join(REPO, "benchmarks", "checkpoints")
 CLASSIC = {"transformer_e6": ("transformer", "transformer-e6-ETTm1-96-192"),
            "crossformer": ("crossformer", "crossformer-ETTm1-96-192"),
            "transformer": ("transformer", "transformer-ETTm1-96-192")}
-TEST_STRIDE = {"ETTh1": 16, "ETTm1": 64, "weather": 128}
+TEST_STRIDE = {"ETTh1": 32, "ETTm1": 128, "weather": 256}
 
 
 def setting(name):
@@ -99,14 +99,34 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-def timed(base, model, x, repeats):
-    a = measure(base, x, repeats=repeats, memory=False)
-    b = measure(model, x, repeats=repeats, memory=False)
-    a2 = measure(base, x, repeats=repeats, memory=False)
-    base_ms = min(a.latency_ms, a2.latency_ms)
+@torch.no_grad()
+def timed(base, model, x, pairs):
+    """Sizes (`compress.measure`) and latency of `model` against `base`, interleaved: `pairs`
+    times base-then-model, one forward each after a warm-up, 1 thread; speedup = the median of
+    the per-pair ratios (a slow drift of the shared machine's load cancels within a pair)."""
+    a = measure(base, x, latency=False, memory=False)
+    b = measure(model, x, latency=False, memory=False)
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    base.eval(), model.eval()
+    try:
+        base(x), model(x)  # warm-up
+        ta, tb = [], []
+        for _ in range(pairs):
+            t0 = time.perf_counter()
+            base(x)
+            t1 = time.perf_counter()
+            model(x)
+            t2 = time.perf_counter()
+            ta.append((t1 - t0) * 1e3)
+            tb.append((t2 - t1) * 1e3)
+    finally:
+        torch.set_num_threads(was)
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     return {"params": b.params, "params_base": a.params, "flops": b.flops, "flops_base": a.flops,
-            "latency_ms": b.latency_ms, "latency_base_ms": [a.latency_ms, a2.latency_ms],
-            "speedup": base_ms / b.latency_ms, "flops_reduction": a.flops / max(b.flops, 1)}
+            "flops_reduction": a.flops / max(b.flops, 1), "latency_ms": med(tb), "latency_base_ms": med(ta),
+            "latency_pairs": pairs, "speedup": med([x_ / y_ for x_, y_ in zip(ta, tb)]),
+            "speedup_range": [min(x_ / y_ for x_, y_ in zip(ta, tb)), max(x_ / y_ for x_, y_ in zip(ta, tb))]}
 
 
 def block_scores(base, cal, val, default_measure):
@@ -150,7 +170,7 @@ def run(args):
             test = compress.data.load(dataset, context, horizon, "test", stride=TEST_STRIDE[dataset])
             cal = train.batches(args.batch_size, limit=args.calibration_batches, shuffle=True, seed=0)
             valb = val.batches(args.batch_size, limit=args.validation_batches, shuffle=True, seed=0)
-            x = test.batches(8, limit=1)[0][0]  # fixed timing batch [8, L, C]
+            x = test.batches(args.timing_batch, limit=1)[0][0]  # fixed timing batch [b, L, C]
             ft = dict(epochs=1, lr=args.lr, patience=1, batch_size=args.batch_size,
                       max_train_batches=args.realign_batches, max_val_batches=args.validation_batches,
                       progress=False)
@@ -166,7 +186,7 @@ def run(args):
             def evaluate_cell(model, rec, t0):
                 r = compress.evaluate(model, test, batch_size=64)
                 rec.update(mse=r["mse"], mae=r["mae"], n_windows=r["n_windows"],
-                           **timed(base, model, x, args.repeats), seconds=round(time.perf_counter() - t0, 1))
+                           **timed(base, model, x, args.pairs), seconds=round(time.perf_counter() - t0, 1))
                 return rec
 
             # 1. per-block scores vs real removal loss
@@ -188,7 +208,8 @@ def run(args):
                 except Exception as e:  # noqa: BLE001 - a failed cell is recorded, the run goes on
                     emit({**rec, "error": f"{type(e).__name__}: {e}"})
             # 3. depth pruning cells, before and after realignment
-            plan = [(sel, r, None) for r in args.ratios for sel in ("dominance", "random", "first", "last")]
+            plan = [(sel, r, None) for r in args.ratios for sel in ("dominance", "random", "first", "last")
+                    if sel == "dominance" or r in args.baselines_at]
             plan.append(("dominance", args.auto_max_ratio, "auto"))
             for sel, ratio, keep in plan:
                 realign = keep == "auto" or sel == "dominance" or ratio in args.realign_all_at
@@ -227,6 +248,8 @@ def main(argv=None):
                                                     "crossformer"])
     ap.add_argument("--datasets", nargs="+", default=["ETTh1", "ETTm1", "weather"])
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    ap.add_argument("--baselines-at", nargs="*", type=float, default=[0.75],
+                    help="ratios at which random / first / last are run (dominance runs at every ratio)")
     ap.add_argument("--realign-all-at", nargs="*", type=float, default=[0.75],
                     help="ratios at which random / first / last are realigned too (dominance always is)")
     ap.add_argument("--auto-max-ratio", type=float, default=0.9)
@@ -235,22 +258,13 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--calibration-batches", type=int, default=2)
     ap.add_argument("--validation-batches", type=int, default=4)
-    ap.add_argument("--realign-batches", type=int, default=20)
+    ap.add_argument("--realign-batches", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=15, help="interleaved base/model timing pairs per cell")
+    ap.add_argument("--timing-batch", type=int, default=4, help="windows in the timing batch")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "depth.jsonl"))
-    ap.add_argument("--report", metavar="RESULTS")
-    ap.add_argument("--plot", metavar="RESULTS")
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "depth", "run.jsonl"))
     args = ap.parse_args(argv)
-    if args.report:
-        from report import report  # benchmarks/depth/report.py
-
-        return report(args.report)
-    if args.plot:
-        from report import plot
-
-        return plot(args.plot)
     run(args)
 
 

@@ -9,7 +9,8 @@ with the command that made it.
     python benchmarks/pretrain/zero_shot.py --models ttm --horizons 96 --datasets ETTh1
 
 Models: `patchtst-mini` (compress/models/weights/patchtst-mini-pretrained, horizons 96 and
-192), `ttm` (the shipped TTM r2 512-96: horizon 96 only), `naive` (repeat the last value).
+192), `patchtst-deep` (compress/models/weights/patchtst-deep-pretrained: 12 layers, d_model 64),
+`ttm` (the shipped TTM r2 512-96: horizon 96 only), `naive` (repeat the last value).
 """
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ import compress  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKPOINT = os.path.join(REPO, "compress", "models", "weights", "patchtst-mini-pretrained")
+CHECKPOINTS = {"patchtst-mini": CHECKPOINT,
+               "patchtst-deep": os.path.join(REPO, "compress", "models", "weights", "patchtst-deep-pretrained")}
 OUT = os.path.join(REPO, "benchmarks", "results", "pretrained_zero_shot.jsonl")
 # datasets whose TRAIN split is in patchtst-mini's pretraining mix (its test split is not)
-IN_PRETRAINING = {"patchtst-mini": {"weather"}, "ttm": set(), "naive": set()}
+IN_PRETRAINING = {"patchtst-mini": {"weather"}, "patchtst-deep": {"weather"}, "ttm": set(), "naive": set()}
 
 
 class RepeatLast(nn.Module):
@@ -47,8 +50,8 @@ class RepeatLast(nn.Module):
 
 
 def build(model: str, horizon: int, checkpoint: str):
-    if model == "patchtst-mini":
-        return compress.models.load("patchtst", pretrained=checkpoint, horizon=horizon)
+    if model in CHECKPOINTS:
+        return compress.models.load("patchtst", pretrained=checkpoint or CHECKPOINTS[model], horizon=horizon)
     if model == "ttm":
         if horizon > 96:
             return None  # TTM r2 512-96 forecasts 96 steps
@@ -68,7 +71,7 @@ def main(argv=None):
                    help="evaluate every K-th test window of DATASET (default: every window)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--checkpoint", default=CHECKPOINT)
+    p.add_argument("--checkpoint", default=None, help="override the PatchTST checkpoint directory")
     p.add_argument("--out", default=OUT)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,7 +92,7 @@ def main(argv=None):
                 res = compress.evaluate(model, test, batch_size=args.batch_size)
                 rec = {
                     "model": name,
-                    "checkpoint": (os.path.relpath(args.checkpoint, REPO) if name == "patchtst-mini"
+                    "checkpoint": (os.path.relpath(args.checkpoint or CHECKPOINTS[name], REPO) if name in CHECKPOINTS
                                    else "compress/models/weights/granite-ttm-r2-512-96" if name == "ttm" else None),
                     "params": params,
                     "dataset": ds_name,

@@ -47,6 +47,9 @@ def load_model(name, horizon):
             return compress.models.load("ttm")
         if name == "patchtst_pre":
             return compress.models.load("patchtst", pretrained=PRETRAINED_PATCHTST, horizon=horizon)
+        if name == "patchtst_deep":  # issue 10: the 12-layer pretrained PatchTST
+            return compress.models.load("patchtst", pretrained=os.path.join(os.path.dirname(PRETRAINED_PATCHTST),
+                                                                            "patchtst-deep-pretrained"), horizon=horizon)
         if name == "patchtst_scratch":
             return compress.models.load("patchtst", size="small", context_length=512, horizon=horizon)
     raise ValueError(f"unknown model {name!r}")

@@ -1,0 +1,157 @@
+"""Report and plot of the depth-pruning experiment (reads only the results files).
+
+    python benchmarks/depth/report.py [benchmarks/results/depth]        # markdown to stdout
+    python benchmarks/depth/report.py --plot [benchmarks/results/depth] # block_scores.png there
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT = os.path.join(HERE, "..", "results", "depth")
+MEASURES = ("cosine", "angular", "cka", "removal")
+CLAIM_KEEP, CLAIM_MSE, CLAIM_SPEEDUP = 0.30, 0.02, 2.0
+
+
+def load(path=DEFAULT):
+    files = sorted(glob.glob(os.path.join(path, "*.jsonl"))) if os.path.isdir(path) else [path]
+    last = {}
+    for f in files:
+        for line in open(f):
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            key = (r["model"], r["dataset"], r["method"], r.get("select"), r.get("ratio"), r.get("keep"))
+            last[key] = r
+    return last
+
+
+def _f(v, fmt="{:.4f}"):
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def spearman_table(last):
+    rows, per = [], {m: [] for m in MEASURES}
+    for key, r in sorted(last.items()):
+        if r["method"] != "block-scores":
+            continue
+        rho = r["spearman"]
+        rows.append(f"| {r['model']} | {r['dataset']} | {len(r['blocks'])} | "
+                    + " | ".join(_f(rho.get(m), "{:+.2f}") for m in MEASURES)
+                    + " | " + " | ".join(_f(r["seconds"].get(m), "{:.0f}") for m in MEASURES) + " |")
+        for m in MEASURES:
+            if rho.get(m) is not None and not math.isnan(rho[m]):
+                per[m].append(rho[m])
+    out = ["| model | dataset | blocks | " + " | ".join(f"ρ {m}" for m in MEASURES) + " | "
+           + " | ".join(f"s {m}" for m in MEASURES) + " |",
+           "|---|---|---|" + "---|" * (2 * len(MEASURES))]
+    out += rows
+    if rows:
+        out.append("| **mean** | | | " + " | ".join(_f(sum(v) / len(v) if v else None, "**{:+.2f}**") for m, v in per.items())
+                   + " |" + " |" * len(MEASURES))
+    return "\n".join(out)
+
+
+def cells_table(last):
+    out = ["| model | dataset | method | select | removed | blocks kept | MSE | MAE | params kept | FLOPs ÷ | speedup (range) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {"zero-shot": 0, "finetune": 1, "prune": 2, "prune-then-finetune": 3}
+    keyf = lambda kv: (kv[0][0], kv[0][1], str(kv[0][4]), str(kv[0][5]), str(kv[0][3]), order.get(kv[0][2], 9))  # noqa: E731
+    for key, r in sorted(last.items(), key=keyf):
+        if r["method"] == "block-scores":
+            continue
+        if r.get("error"):
+            out.append(f"| {r['model']} | {r['dataset']} | {r['method']} | {r.get('select') or ''} | "
+                       f"{r.get('ratio')} | error: {r['error'][:50]} | | | | | |")
+            continue
+        removed = "auto" if r.get("keep") == "auto" else f"{r.get('ratio', 0):.0%}"
+        kept = f"{r.get('blocks_after')}/{r.get('blocks_before')}"
+        rng = r.get("speedup_range") or [float("nan")] * 2
+        out.append(f"| {r['model']} | {r['dataset']} | {r['method']} | {r.get('select') or ''} | {removed} | {kept} | "
+                   f"{_f(r['mse'])} | {_f(r['mae'])} | {r['params'] / r['params_base']:.0%} | "
+                   f"{_f(r.get('flops_reduction'), '{:.2f}x')} | {_f(r['speedup'], '{:.2f}x')} "
+                   f"({_f(rng[0], '{:.2f}')}–{_f(rng[1], '{:.2f}')}) |")
+    return "\n".join(out)
+
+
+def claim_table(last):
+    """Per (model, dataset): the realigned cells keeping <= 30 % of the blocks vs the fine-tuned full model."""
+    out = ["| model | dataset | fine-tuned full MSE | best realigned cell keeping ≤ 30 % | its MSE | Δ MSE | speedup | claim |",
+           "|---|---|---|---|---|---|---|---|"]
+    pairs = sorted({(k[0], k[1]) for k in last})
+    for m, d in pairs:
+        ft = last.get((m, d, "finetune", None, 0.0, None))
+        cands = [r for k, r in last.items() if k[0] == m and k[1] == d and r["method"] == "prune-then-finetune"
+                 and not r.get("error") and r["blocks_after"] <= CLAIM_KEEP * r["blocks_before"] + 1e-9]
+        if ft is None or ft.get("error"):
+            continue
+        if not cands:
+            out.append(f"| {m} | {d} | {_f(ft['mse'])} | none (no realigned cell keeps ≤ 30 %) | | | | not tested |")
+            continue
+        best = min(cands, key=lambda r: r["mse"])
+        delta = best["mse"] / ft["mse"] - 1
+        holds = delta <= CLAIM_MSE and best["speedup"] >= CLAIM_SPEEDUP
+        what = f"{best['select']} {'auto' if best.get('keep') == 'auto' else format(best['ratio'], '.0%')} " \
+               f"({best['blocks_after']}/{best['blocks_before']})"
+        out.append(f"| {m} | {d} | {_f(ft['mse'])} | {what} | {_f(best['mse'])} | {delta:+.1%} | "
+                   f"{best['speedup']:.2f}x | {'holds' if holds else 'does not hold'} |")
+    return "\n".join(out)
+
+
+def report(path=DEFAULT):
+    last = load(path)
+    print("### Which measure predicts the real removal loss (Spearman ρ per model; s = seconds to score)\n")
+    print(spearman_table(last))
+    print("\n### The claim: keep ≤ 30 % of the blocks, within 2 % of the fine-tuned full model's MSE, ≥ 2x faster\n")
+    print(claim_table(last))
+    print("\n### Every cell\n")
+    print(cells_table(last))
+
+
+def plot(path=DEFAULT, out=None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = load(path)
+    recs = [r for k, r in sorted(last.items()) if r["method"] == "block-scores"]
+    if not recs:
+        print("no block-scores records")
+        return
+    n = len(recs)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, recs):
+        x = list(range(len(r["blocks"])))
+
+        def norm(v):
+            top = max(abs(t) for t in v) or 1.0
+            return [t / top for t in v]
+
+        for m in MEASURES:
+            ax.plot(x, norm(r["scores"][m]), marker="o", ms=3, lw=1,
+                    label=f"{m} (ρ={r['spearman'][m]:+.2f})")
+        ax.bar(x, norm(r["real_val_increase"]), color="0.8", label="real removal Δ val MSE", zorder=0)
+        ax.set_title(f"{r['model']} · {r['dataset']}", fontsize=9)
+        ax.set_xlabel("block (stack order)", fontsize=8)
+        ax.set_ylabel("score / max", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = out or os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "block_scores.png")
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if a != "--plot"]
+    target = args[0] if args else DEFAULT
+    (plot if "--plot" in sys.argv else report)(target)

@@ -235,9 +235,10 @@ def run(args):
                     emit(evaluate_cell(pruned, {"method": "prune", **common, **info}, t0))
                     if realign:
                         t1 = time.perf_counter()
-                        tuned = compress.finetune(pruned, train, val, **ft)
+                        extra = {} if args.realign_method == "full" else {"method": args.realign_method}
+                        tuned = compress.finetune(pruned, train, val, **ft, **extra)
                         emit(evaluate_cell(tuned, {"method": "prune-then-finetune", **common, **info,
-                                                   "realign": dict(ft, method="full")}, t1))
+                                                   "realign": dict(ft, method=args.realign_method)}, t1))
                 except Exception as e:  # noqa: BLE001
                     emit({"method": "prune", **common, "error": f"{type(e).__name__}: {e}"})
 
@@ -260,6 +261,9 @@ def main(argv=None):
     ap.add_argument("--validation-batches", type=int, default=4)
     ap.add_argument("--realign-batches", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--realign-method", default="full",
+                    help="compress.finetune method for the realignment: 'full', or 'lora' where compress.finetune "
+                         "offers it (issue 11)")
     ap.add_argument("--pairs", type=int, default=15, help="interleaved base/model timing pairs per cell")
     ap.add_argument("--timing-batch", type=int, default=4, help="windows in the timing batch")
     ap.add_argument("--threads", type=int, default=1)

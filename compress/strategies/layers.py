@@ -275,6 +275,9 @@ class Layers(Strategy):
             if lcfg.keep > total:
                 raise ValueError(f"layers: keep={lcfg.keep} but the model has only {total} removable blocks")
             k = min(total - lcfg.keep, room)
+            if total - k > lcfg.keep:
+                warnings.warn(f"layers: keep={lcfg.keep} asked, but the stacks' min_keep leave {total - k} blocks",
+                              stacklevel=3)
         else:
             k = min(int(round(ctx.config.ratio * total)), room)
             if k == 0:

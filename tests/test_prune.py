@@ -31,7 +31,7 @@ def test_when_ratio_is_out_of_range_then_value_error_names_it(ratio):
 
 
 def test_when_criterion_is_unknown_then_error_lists_available():
-    with pytest.raises(ValueError, match="available: activation, magnitude, random, taylor"):
+    with pytest.raises(ValueError, match="available: activation, dominance, magnitude, random, taylor"):
         compress.prune(TinyForecaster(), "entropy", ratio=0.5, example_inputs=X)
 
 

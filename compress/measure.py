@@ -11,7 +11,10 @@ What is counted, and how
   applied before counting, so a masked model shows its real density. "Prunable" density is
   taken over the weights of ``nn.Linear`` and ``nn.Conv1d`` layers and the input
   projection of ``nn.MultiheadAttention`` (a Linear in all but name), or over what the
-  caller passes as ``prunable``. Biases and norms are never prunable by default.
+  caller passes as ``prunable``. Biases and norms are never prunable by default. A model
+  that `compress.prune(strategy="unstructured")` made carries the weights it was allowed
+  to zero (its record's ``layers``): by default those are the prunable set, so the
+  protected input embedding and forecasting head are not in the denominator.
 * **FLOPs** are ``2 x multiply-accumulates`` of the matrix-like work of one forward
   (matmuls, convolutions, attention, FFTs), the convention of
   ``torch.utils.flop_counter.FlopCounterMode``, which does the counting at the aten level.
@@ -349,10 +352,37 @@ def _nonzero(t: Tensor) -> int:
     return int(torch.count_nonzero(t))
 
 
-def _prunable_ids(params: dict[int, _Param], prunable: Any) -> set[int]:
-    """Ids of the prunable parameters. `prunable`: None (default layers), a module type or
-    tuple of types, or an iterable of modules (their ``*weight`` parameters) and Parameters."""
+def _recorded_prunable(model: nn.Module | None) -> set[int] | None:
+    """Ids of the weights the model's last unstructured pruning step was allowed to zero."""
+    from .sparse import SparseLinear
+
+    records = [r for r in getattr(model, "compress_pruning", None) or []
+               if isinstance(r, dict) and r.get("strategy") == "unstructured" and r.get("layers")]
+    if not records:
+        return None
+    modules, ids = dict(model.named_modules()), set()
+    for name in records[-1]["layers"]:
+        m = modules.get(name)
+        if isinstance(m, SparseLinear):
+            ids.add(id(m.values))
+        elif m is not None and isinstance(getattr(m, "weight", None), Tensor):
+            ids.add(id(m.weight))
+        else:
+            owner, _, attr = name.rpartition(".")
+            t = getattr(modules.get(owner), attr, None)
+            if isinstance(t, Tensor):
+                ids.add(id(t))
+    return ids or None
+
+
+def _prunable_ids(params: dict[int, _Param], prunable: Any, model: nn.Module | None = None) -> set[int]:
+    """Ids of the prunable parameters. `prunable`: None (the weights the model's unstructured
+    pruning record names, else the default layers), a module type or tuple of types, or an
+    iterable of modules (their ``*weight`` parameters) and Parameters."""
     if prunable is None:
+        recorded = _recorded_prunable(model)
+        if recorded is not None:
+            return recorded & set(params)
         return {
             i for i, p in params.items()
             if (isinstance(p.module, PRUNABLE_TYPES + _sparse_types()) and p.name == "weight")
@@ -635,9 +665,10 @@ def measure(
         threads: torch intra-op thread count for all forwards (reported). 1 is the
             honest choice on small CPUs, where idle OpenMP threads spin.
         memory: measure peak memory of one forward.
-        prunable: what "prunable" means for ``prunable_density``: None (weights of
-            ``nn.Linear``/``nn.Conv1d`` and the ``nn.MultiheadAttention`` input
-            projection), a module type or tuple of types, or an iterable of modules
+        prunable: what "prunable" means for ``prunable_density``: None (the weights an
+            unstructured `compress.prune` of this model was allowed to zero, if the model
+            records one; else the weights of ``nn.Linear``/``nn.Conv1d`` and the
+            ``nn.MultiheadAttention`` input projection), a module type or tuple of types, or an iterable of modules
             (their ``*weight`` parameters) and/or Parameters.
         backend: "torch" (eager PyTorch) or "onnxruntime": the model is exported with
             `compress.export_onnx` (checked against the eager outputs) and the forward is
@@ -666,7 +697,7 @@ def measure(
     params = _parameters(model)
     n_params = sum(p.value.numel() for p in params.values())
     n_nonzero = sum(_nonzero(p.value) for p in params.values())
-    chosen = _prunable_ids(params, prunable)
+    chosen = _prunable_ids(params, prunable, model)
     n_prunable = sum(params[i].value.numel() for i in chosen)
     n_prunable_nonzero = sum(_nonzero(params[i].value) for i in chosen)
     del params  # masked copies

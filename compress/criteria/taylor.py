@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -113,17 +113,20 @@ def probe_sample_layouts(model, inputs, batch: int, groups) -> Dict[int, List[Sa
     """
     from ..graph import _first_tensor, run_model
 
-    from ..graph.kinds import get_kind
+    from ..graph.masks import group_sites
 
     sites = {}
     for g in groups:
-        site = get_kind(g.kind).mask_site(g)[0]
-        sites.setdefault(id(site), (site, []))[1].append(g)
+        for site, _ in group_sites(g):  # coupled groups: every layer's site
+            sites.setdefault(id(site), (site, []))[1].append(g)
     records: Dict[int, list] = {}
+    order: List[Tuple[int, int]] = []  # (site key, call) of every site call of the leaf run, in call order
 
     def recorder(key, leaf):
         def hook(module, args):
             x = args[0]
+            if leaf:
+                order.append((key, len(records.get(key, []))))
             if leaf:  # x + a zero leaf: its gradient is x's, and the path upstream stays intact
                 z = torch.zeros_like(x, requires_grad=True)
                 records.setdefault(key, []).append(z)
@@ -133,6 +136,7 @@ def probe_sample_layouts(model, inputs, batch: int, groups) -> Dict[int, List[Sa
 
     def run(x, leaf):
         records.clear()
+        order.clear()
         hooks = [site.register_forward_pre_hook(recorder(k, leaf)) for k, (site, _) in sites.items()]
         try:
             with torch.enable_grad() if leaf else torch.no_grad():
@@ -155,15 +159,17 @@ def probe_sample_layouts(model, inputs, batch: int, groups) -> Dict[int, List[Sa
                                         allow_unused=True)
             for (k, c, x), gr in zip(flat, grads):
                 feeds.setdefault((k, c), [None, None])[s] = gr
-    result: Dict[int, List[SampleLayout]] = {}
-    for key, (site, members) in sites.items():
-        layouts = []
+    by_call = {}
+    for key, (site, _) in sites.items():
+        shape3 = grown.get(key, [])
         for call, x in enumerate(leaves.get(key, [])):
-            shape3 = grown.get(key, [])
             g0, g1 = feeds.get((key, call), (None, None))
-            layouts.append(_layout_of(x, shape3[call] if call < len(shape3) else None, g0, g1, site))
-        for g in members:
-            result[id(g)] = layouts
+            by_call[key, call] = _layout_of(x, shape3[call] if call < len(shape3) else None, g0, g1, site)
+    # a group's layouts follow the order in which its sites are called (as MaskSet records them)
+    result: Dict[int, List[SampleLayout]] = {}
+    for g in groups:
+        keys = {id(site) for site, _ in group_sites(g)}
+        result[id(g)] = [by_call[kc] for kc in list(order) if kc[0] in keys]
     return result
 
 

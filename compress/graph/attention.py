@@ -99,9 +99,29 @@ class AttentionSpec:
             keep = [i for i in range(p.shape[dim]) if i // width not in set(idxs)]
             new = torch.index_select(p.data, dim, torch.tensor(keep, device=p.device))
             setattr(owner, name, nn.Parameter(new, requires_grad=p.requires_grad) if isinstance(p, nn.Parameter) else new)
+            sync_shape_attributes(owner)
         old = self.n_heads
         self.n_heads = old - len(idxs)
         (self.fix or _default_fix)(self.module, self.n_heads, old)
+
+
+#: (module type, {attribute: dim of `weight` it mirrors}): the size attributes a sliced
+#: per-head table must keep in line with its weight (`Embedding.embedding_dim` would
+#: otherwise still name the width before the cut)
+SHAPE_ATTRIBUTES = ((nn.Embedding, {"num_embeddings": 0, "embedding_dim": 1}),
+                    (nn.Linear, {"out_features": 0, "in_features": 1}))
+
+
+def sync_shape_attributes(module: nn.Module) -> None:
+    """Set `module`'s size attributes (`SHAPE_ATTRIBUTES`) from its current `weight`."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return
+    for cls, attrs in SHAPE_ATTRIBUTES:
+        if isinstance(module, cls):
+            for attr, dim in attrs.items():
+                if dim < w.dim():
+                    setattr(module, attr, w.shape[dim])
 
 
 def _default_fix(module: nn.Module, new_heads: int, old_heads: int) -> None:

@@ -6,7 +6,9 @@ this one `MaskSet`: it installs one forward pre-hook per group that multiplies t
 input by the group's mask (repeated `width` times along the site's channel dim); while
 `tracking`, the hook multiplies by a fresh leaf tensor holding the current mask values
 once per index of the site input's sample dimension instead, so that one backward pass
-gives every sample's mask gradient (`gradients`).
+gives every sample's mask gradient. A coupled group (residual attention: the same heads in
+several layers) has one mask applied at every layer's site, and records a leaf at each of
+them: its gradient is the sum over the sites, as for one mask shared by all layers.
 
 Example:
     >>> import copy, torch, compress
@@ -26,12 +28,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["MaskSet", "scale_site_input", "site_channel_dim"]
+__all__ = ["MaskSet", "group_sites", "scale_site_input", "site_channel_dim"]
 
 
 def site_channel_dim(site: nn.Module) -> int:
@@ -54,6 +56,17 @@ def scale_site_input(x: torch.Tensor, site: nn.Module, factors: torch.Tensor, wi
     return x * (full.view(shape) if d < cdim else full.t().reshape(shape))
 
 
+def group_sites(group) -> List[Tuple[nn.Module, int]]:
+    """(site, width) of every module whose input carries `group`'s units: the kind's mask
+    site first, then the further sites of coupled groups (residual attention: each layer's
+    output projection), which are masked, and differentiated, with the same values."""
+    from .kinds import get_kind
+
+    first = get_kind(group.kind).mask_site(group)
+    rest = group.sites()[1:] if hasattr(group, "sites") else []
+    return [first] + [sw for sw in rest if sw[0] is not first[0]]
+
+
 class MaskSet:
     """0/1 masks on the units of `groups`, applied at each group's mask site.
 
@@ -65,11 +78,9 @@ class MaskSet:
     """
 
     def __init__(self, groups: Sequence):
-        from .kinds import get_kind
-
         self.groups = list(groups)
         self.values: Dict[int, torch.Tensor] = {id(g): torch.ones(g.n) for g in self.groups}
-        self._sites = {id(g): get_kind(g.kind).mask_site(g) for g in self.groups}
+        self._sites = {id(g): group_sites(g) for g in self.groups}
         self._handles: List = []
         self._tracking: Optional[Dict[int, list]] = None
         self.records: Dict[int, list] = {}
@@ -90,10 +101,8 @@ class MaskSet:
         """Register the hooks (they read `values` live); `remove()` takes them off."""
         if not self._handles:
             for g in self.groups:
-                site, width = self._sites[id(g)]
-                self._handles.append(site.register_forward_pre_hook(self._hook(g, width)))
-                for other, w in (g.sites()[1:] if hasattr(g, "sites") else []):  # coupled heads: every layer
-                    self._handles.append(other.register_forward_pre_hook(self._hook(g, w, follower=True)))
+                for site, width in self._sites[id(g)]:  # coupled heads: every layer's site
+                    self._handles.append(site.register_forward_pre_hook(self._hook(g, width)))
         return self
 
     def remove(self) -> None:
@@ -123,11 +132,11 @@ class MaskSet:
         finally:
             self._tracking = None
 
-    def _hook(self, group, width: int, follower: bool = False):
+    def _hook(self, group, width: int):
         def hook(module, args):
             x = args[0]
             value = self.values[id(group)]
-            if self._tracking is None or follower:  # followers: mask values only (gradients via the first site)
+            if self._tracking is None:
                 return (scale_site_input(x, module, value, width),) + tuple(args[1:])
             store = self.records[id(group)]
             layouts = self._tracking.get(id(group), [])

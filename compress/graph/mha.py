@@ -3,7 +3,10 @@
 `nn.MultiheadAttention` keeps q/k/v in one fused `in_proj_weight` and assumes their width
 equals `embed_dim`, so its heads cannot be removed in place. `build` swaps every instance
 for `MultiheadAttention` below (separate q/k/v/out Linears, same outputs), which the
-generic q/k/v/o recogniser of `attention.py` then describes.
+generic q/k/v/o recogniser of `attention.py` then describes. Without `need_weights` (how
+`nn.TransformerEncoderLayer` calls it) the drop-in runs `F.scaled_dot_product_attention`,
+so swapping it in costs no speed and keeps the fused kernels (measure counts their FLOPs);
+with `need_weights` the weights are materialised, as `nn.MultiheadAttention` does.
 """
 from __future__ import annotations
 
@@ -83,22 +86,26 @@ class MultiheadAttention(nn.Module):
         k = self.k_proj(key).view(B, Lk, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(value).view(B, Lk, self.num_heads, -1).transpose(1, 2)
         mask = _merge_masks(attn_mask, key_padding_mask, B, self.num_heads, Lq, Lk, q.dtype)
-        if is_causal and mask is None:
-            mask = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril().logical_not()
-            mask = torch.zeros(Lq, Lk, dtype=q.dtype, device=q.device).masked_fill(mask, float("-inf"))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [B, h, Lq, Lk]
-        if mask is not None:
-            scores = scores + mask
-        attn = torch.softmax(scores, dim=-1)
-        if self.training and self.dropout > 0:
-            attn = F.dropout(attn, self.dropout)
-        out = (attn @ v).transpose(1, 2).reshape(B, Lq, -1)  # [B, Lq, h*dv]
-        out = self.out_proj(out)
+        causal = is_causal and mask is None
+        p = self.dropout if self.training else 0.0
+        if not need_weights:  # the fused kernel (flash / memory-efficient where available)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            weights = None
+        else:  # the weights are asked for: they must be materialised
+            if causal:
+                mask = torch.zeros(Lq, Lk, dtype=q.dtype, device=q.device).masked_fill(
+                    torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril().logical_not(), float("-inf"))
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # [B, h, Lq, Lk]
+            if mask is not None:
+                scores = scores + mask
+            attn = torch.softmax(scores, dim=-1)
+            if p > 0:
+                attn = F.dropout(attn, p)
+            weights = attn.mean(1) if average_attn_weights else attn  # after dropout, as torch's
+            out = attn @ v
+        out = self.out_proj(out.transpose(1, 2).reshape(B, Lq, -1))  # [B, Lq, h*dv] -> [B, Lq, D]
         if not self.batch_first:
             out = out.transpose(0, 1)
-        weights = None
-        if need_weights:
-            weights = attn.mean(1) if average_attn_weights else attn
         return out, weights
 
 

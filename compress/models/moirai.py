@@ -68,15 +68,16 @@ def _make_picklable(module: nn.Module) -> None:
 
 
 # --- attention heads ---------------------------------------------------------------------
-def _bias_tables(attn: nn.Module) -> list:
-    """Per-head attention-bias tables of a uni2ts attention: (module, its Embedding)."""
+def _bias_tables(attn: nn.Module, heads: int = None) -> list:
+    """Per-head attention-bias tables of a uni2ts attention: (module, its Embedding), each
+    checked to hold `heads` (default: the attention's head count) columns."""
     out = []
     for name in ("var_attn_bias", "time_attn_bias"):
         b = getattr(attn, name, None)
         if b is None:
             continue
         emb = getattr(b, "emb", None)
-        if not isinstance(emb, nn.Embedding) or emb.embedding_dim != attn.num_heads:
+        if not isinstance(emb, nn.Embedding) or emb.weight.shape[1] != (heads or attn.num_heads):
             raise NotImplementedError(f"moirai: unsupported attention bias {type(b).__name__} for head pruning")
         out.append((b, emb))
     return out
@@ -86,7 +87,7 @@ def _fix_heads(attn: nn.Module, new: int, old: int) -> None:
     # multi-head attention (one head per group): groups, the bias modules' head counts and
     # their tables' widths follow. head_dim is unchanged, so q/k norms and RoPE (shared
     # between layers, over head_dim) need nothing.
-    tables = _bias_tables(attn)  # before the head count changes (it checks table widths)
+    tables = _bias_tables(attn, new)  # the tables were sliced with the heads already
     attn.num_heads = attn.num_groups = new
     for b, emb in tables:
         b.num_heads = b.num_groups = new

@@ -101,8 +101,9 @@ class PruneConfig:
         if self.round_to is not None:
             per_kind = self.round_to if isinstance(self.round_to, dict) else {"ffn": self.round_to}
             for kind, m in per_kind.items():
-                if kind not in ("ffn", "heads"):
-                    raise ValueError(f"round_to: unknown unit kind {kind!r}; use 'ffn' and/or 'heads'")
+                if kind not in available_kinds(default_only=True):
+                    raise ValueError(f"round_to: unknown unit kind {kind!r}; use "
+                                     f"{' and/or '.join(map(repr, available_kinds(default_only=True)))}")
                 if isinstance(m, bool) or not isinstance(m, int) or m < 1:
                     raise ValueError(f"round_to={self.round_to!r}: multiples must be positive integers (e.g. 8)")
             self.round_to = dict(per_kind)

@@ -24,6 +24,7 @@ from typing import Callable, ClassVar, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..graph.kinds import UnitKind, get_kind, register_kind
 from .base import PruneConfig, PruneContext, Strategy, checked_scores, register
 
 __all__ = ["BlockStack", "LayersConfig", "find_block_stacks", "resolve_stacks", "model_stacks", "remove_blocks",
@@ -174,6 +175,30 @@ def remove_saved_blocks(model: nn.Module, removed: Dict[str, List[int]]) -> bool
     return True
 
 
+@register_kind
+class Layers(UnitKind):
+    """Whole blocks of a block list (depth pruning), as a registered unit kind.
+
+    Its units are `BlockStack`s found on the model (`stacks`: the adapter's
+    `layer_stacks()`, or every list of identical blocks), not channel groups of the traced
+    graph, so it is opt-in and `find` lists nothing for the width strategies; a block is
+    "masked" by skipping it (`dominance` scores), cut with `remove_blocks`, and its
+    stack's `fix` fixes up the configs (`cut_blocks`).
+    """
+
+    name = "layers"
+    opt_in = True
+
+    def find(self, ctx):
+        raise ValueError('units=("layers",) are whole blocks: prune them with strategy="layers"')
+
+    def stacks(self, model: nn.Module) -> List[BlockStack]:
+        return model_stacks(model)
+
+    def cut_blocks(self, model: nn.Module, stack: BlockStack, idxs: Sequence[int]) -> List[int]:
+        return remove_blocks(model, stack, idxs)
+
+
 @dataclass
 class LayersConfig:
     """Settings of the `layers` strategy (`compress.prune(..., options={...})`).
@@ -245,7 +270,7 @@ class Layers(Strategy):
         if lcfg.select == "score" and "layers" not in getattr(criterion, "kinds", ()):
             raise ValueError(f"criterion {criterion.name!r} does not score whole blocks; use 'dominance' "
                              "(or 'random', or options={'select': 'first' | 'last'})")
-        stacks = model_stacks(model)
+        stacks = get_kind("layers").stacks(model)
         stacks = [s for s in stacks if s.n > 0]
         if not stacks:
             raise ValueError(f"no removable block lists found in {type(model).__name__}: depth pruning needs an "
@@ -289,7 +314,7 @@ class Layers(Strategy):
             before = s.n
             original = [getattr(b, "compress_block_index", i) for i, b in enumerate(s.blocks)]
             rm = chosen.get(id(s), [])
-            kept = remove_blocks(model, s, rm) if rm else list(range(before))
+            kept = get_kind("layers").cut_blocks(model, s, rm) if rm else list(range(before))
             record_stacks[s.path] = {
                 "before": before, "after": s.n, "removed": [original[i] for i in sorted(rm)],
                 "kept": [original[i] for i in kept],

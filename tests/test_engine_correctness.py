@@ -326,3 +326,20 @@ def test_taylor_on_coupled_heads_sums_the_mask_gradients_of_every_layer():
             (gm,) = torch.autograd.grad(loss, m)
             ref += -gm + gm.pow(2) / 2
     torch.testing.assert_close(crit.score(g), ref, rtol=1e-3, atol=1e-6 * float(ref.abs().max()) + 1e-9)
+
+
+@pytest.mark.parametrize("Model", [TinyForecaster, TorchEncoderForecaster])
+def test_ratio_zero_runs_graph_calibration_and_an_empty_cut_and_is_bit_identical(Model):
+    model = Model().eval()
+    cal = batches(model, 2)
+    crit = compress.criteria.get("taylor", order=2)
+    seen = []
+    calibrate = crit.calibrate
+    crit.calibrate = lambda *a, **kw: seen.append(kw.get("groups")) or calibrate(*a, **kw)
+    small = compress.prune(model, crit, ratio=0.0, example_inputs=X, calibration=cal)
+    rec = small.compress_pruning[-1]["groups"]
+    assert seen and seen[0] and rec and all(g["removed"] == [] and g["after"] == g["before"] for g in rec.values())
+    assert [type(m) for m in small.modules()] == [type(m) for m in model.modules()]  # swapped MHA put back
+    ref = model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in small.state_dict().items()) and small.state_dict().keys() == ref.keys()
+    assert torch.equal(small(X), model(X))

@@ -16,6 +16,8 @@ Methods per (model, dataset, horizon):
                        layer's scores divided by their mean before the global ranking
   prune-then-finetune-ffn   (with --ffn-only) the same, cutting FFN channels only (no heads)
   prune-then-finetune-p3    (with --patience3) the same with patience 3 (no tolerance)
+  prune-then-finetune-authors (with --authors) the same as prune-then-finetune with the
+                       authors' gradients (of the batch-mean loss) and ranking (|score|, one pool)
   scratch              PatchTST (size "small", same context/horizon) trained from scratch
                        with twice the fine-tuning budget at --scratch-lr, the specialised baseline
 The fine-tuning budget is capped (epochs x max_train_batches of 32 windows) to fit a 2-core
@@ -61,7 +63,9 @@ def variants(args):
              "prune-then-finetune-tol": (args.tolerance, {"tolerance": args.tolerance, "patience": 3}),
              "prune-then-finetune-norm": (args.normalize, {"patience": 1, "normalize": "mean"}),
              "prune-then-finetune-ffn": (args.ffn_only, {"patience": 1, "units": ("ffn",)}),
-             "prune-then-finetune-p3": (args.patience3, {"patience": 3})}
+             "prune-then-finetune-p3": (args.patience3, {"patience": 3}),
+             "prune-then-finetune-authors": (args.authors, {"patience": 1, "ranking": "authors",
+                                                            "grad_scale": "batch_mean"})}
     return {method: options for method, (wanted, options) in table.items() if wanted}
 
 
@@ -199,7 +203,7 @@ def report(path, latency_path=None):
                                    "CPU speedup"], tablefmt="github", disable_numparse=True))
     print()
     methods = ["zero-shot", "finetune", "prune-then-finetune", "prune-then-finetune-tol", "prune-then-finetune-p3",
-               "prune-then-finetune-norm", "prune-then-finetune-ffn"]
+               "prune-then-finetune-norm", "prune-then-finetune-ffn", "prune-then-finetune-authors"]
     methods = [m for m in methods if any(k[3] == m for k in last)]
     pivot = []
     for m, d, h in sorted({k[:3] for k in last if k[0] != "patchtst_scratch"}, key=lambda k: (k[1].lower(), k[2], k[0])):
@@ -252,6 +256,9 @@ def main():
                     help="also run prune-then-finetune-ffn: FFN channels only, heads kept, patience 1")
     ap.add_argument("--patience3", action="store_true",
                     help="also run prune-then-finetune-p3: patience 3 instead of 1, no tolerance")
+    ap.add_argument("--authors", action="store_true",
+                    help="also run prune-then-finetune-authors (the authors' batch-mean gradients and |score| "
+                         "ranking in one pool across kinds)")
     ap.add_argument("--only", nargs="*", metavar="METHOD", help="run only these methods (e.g. to split a grid "
                                                                   "across processes)")
     ap.add_argument("--test-stride", type=int, default=4)

@@ -92,10 +92,11 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
     record["val_mse_after_pruning"] = evaluate(pruned, val, batch_size=batch_size,
                                                limit=options.get("max_val_batches"))["mse"]
     if progress:
-        kept = {k: sum(g["after"] for g in record["groups"].values() if g["kind"] == k) for k in ("ffn", "heads")}
-        before = {k: sum(g["before"] for g in record["groups"].values() if g["kind"] == k) for k in ("ffn", "heads")}
+        kinds = sorted({g["kind"] for g in record["groups"].values()})
+        kept = {k: sum(g["after"] for g in record["groups"].values() if g["kind"] == k) for k in kinds}
+        before = {k: sum(g["before"] for g in record["groups"].values() if g["kind"] == k) for k in kinds}
         print(f"[compress.prune_then_finetune] pruned at round {record['chosen_round']}: "
-              f"FFN channels {kept['ffn']}/{before['ffn']}, heads {kept['heads']}/{before['heads']}; "
+              + ", ".join(f"{k} {kept[k]}/{before[k]}" for k in kinds) + "; "
               f"val MSE {record['val_mse_after_pruning']:.4f}; fine-tuning", file=sys.stderr)
     tuned = finetune(pruned, train, val, epochs=finetune_epochs, lr=lr, patience=finetune_patience,
                      batch_size=batch_size, loss_fn=loss_fn, inplace=True, seed=seed, progress=progress, **options)

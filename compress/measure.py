@@ -304,6 +304,7 @@ class _Param:
     value: Tensor  # the effective weights (mask applied)
     module: nn.Module
     name: str  # name in `module`, without a `_orig` suffix
+    trainable: bool = False  # the parameter requires grad
 
 
 def _parameters(model: nn.Module) -> dict[int, _Param]:
@@ -325,7 +326,7 @@ def _parameters(model: nn.Module) -> dict[int, _Param]:
                 mask = module._buffers.get(name + "_mask")
                 if mask is not None:
                     value = p * mask
-            params[id(p)] = _Param(value.detach(), module, name)
+            params[id(p)] = _Param(value.detach(), module, name, p.requires_grad)
     return params
 
 
@@ -520,6 +521,9 @@ class Measurement:
         weight_mb: MiB that the parameters and buffers take as stored: a
             `compress.sparsify`'d layer counts its CSR arrays, not a dense weight.
         backend: what ran the timed forwards: "torch" (eager) or "onnxruntime".
+        trainable_params: parameter entries with ``requires_grad`` (tied counted once):
+            what a fine-tune of this model would train (after `compress.finetune(...,
+            method="lora")` with ``merge=False``, the adapters and the head).
 
     Example:
         >>> a = Measurement(params=1_000_000, nonzero_params=1_000_000, density=1.0,
@@ -542,6 +546,7 @@ class Measurement:
     peak_memory_mb: float | None
     weight_mb: float | None = None
     backend: str = "torch"
+    trainable_params: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (for results files).
@@ -697,6 +702,7 @@ def measure(
     params = _parameters(model)
     n_params = sum(p.value.numel() for p in params.values())
     n_nonzero = sum(_nonzero(p.value) for p in params.values())
+    n_trainable = sum(p.value.numel() for p in params.values() if p.trainable)
     chosen = _prunable_ids(params, prunable, model)
     n_prunable = sum(params[i].value.numel() for i in chosen)
     n_prunable_nonzero = sum(_nonzero(params[i].value) for i in chosen)
@@ -753,6 +759,7 @@ def measure(
         peak_memory_mb=peak_mb,
         weight_mb=_stored_bytes(model) / _MIB,
         backend=backend,
+        trainable_params=n_trainable,
     )
 
 

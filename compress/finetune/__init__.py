@@ -18,10 +18,12 @@ import inspect as _inspect
 import sys as _sys
 import types as _types
 
+from .lora import merge_lora
 from .prune_then_finetune import prune_then_finetune
+from .trace import TraceConfig
 from .trainer import FinetuneConfig, evaluate, finetune
 
-__all__ = ["FinetuneConfig", "finetune", "evaluate", "prune_then_finetune"]
+__all__ = ["FinetuneConfig", "TraceConfig", "finetune", "evaluate", "prune_then_finetune", "merge_lora"]
 
 
 class _CallablePackage(_types.ModuleType):

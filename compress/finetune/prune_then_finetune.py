@@ -20,7 +20,7 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
                         step_fraction: float = 0.1, patience: int = 3, calibration_batches: int = 16,
                         validation_batches: Optional[int] = 16, batch_size: int = 32, finetune_epochs: int = 10,
                         lr: float = 1e-4, finetune_patience: int = 3, loss_fn: Optional[Callable] = None,
-                        seed: int = 0, progress: bool = True, **options) -> nn.Module:
+                        seed: int = 0, progress: bool = True, finetune_method: str = "full", **options) -> nn.Module:
     """Prune a pretrained forecaster for a downstream task, then fine-tune the smaller model.
 
     The method of Zhao et al. (NeurIPS 2025): unit masks on FFN channels and attention
@@ -51,6 +51,10 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
         loss_fn: `loss_fn(prediction, target)`, MSE by default.
         seed: seeds the calibration sample and fine-tuning.
         progress: print pruning rounds and fine-tuning epochs.
+        finetune_method: how the pruned model is fine-tuned, `compress.finetune(...,
+            method=)`: "full" (the paper's), "linear_probe", "lora" or "trace" (LoRA +
+            Gated DSIC + reconstructed head; its options `rank`, `alpha`, `targets`,
+            `trace`, `head`, ... go through **options).
         **options: `order`, `ema` (taylor); `max_rounds`, `normalize`, `tolerance`
             (progressive strategy); `units`, `ignore`, `heads`, `example_inputs`,
             `time_limit_s` (`compress.prune`); anything else goes to `compress.finetune`
@@ -98,7 +102,7 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
         print(f"[compress.prune_then_finetune] pruned at round {record['chosen_round']}: "
               + ", ".join(f"{k} {kept[k]}/{before[k]}" for k in kinds) + "; "
               f"val MSE {record['val_mse_after_pruning']:.4f}; fine-tuning", file=sys.stderr)
-    tuned = finetune(pruned, train, val, epochs=finetune_epochs, lr=lr, patience=finetune_patience,
+    tuned = finetune(pruned, train, val, method=finetune_method, epochs=finetune_epochs, lr=lr, patience=finetune_patience,
                      batch_size=batch_size, loss_fn=loss_fn, inplace=True, seed=seed, progress=progress, **options)
     return tuned
 

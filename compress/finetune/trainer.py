@@ -11,7 +11,7 @@ import copy
 import math
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -146,41 +146,80 @@ def _sparsity_masks(model: nn.Module) -> Dict[nn.Parameter, torch.Tensor]:
     return masks
 
 
-def finetune(model: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-4, patience: int = 3,
-             batch_size: int = 32, loss_fn: Optional[Callable] = None, inplace: bool = False,
-             config: Optional[FinetuneConfig] = None, **options) -> nn.Module:
+def finetune(model: nn.Module, train, val, *, method: str = "full", epochs: int = 10, lr: float = 1e-4,
+             patience: int = 3, batch_size: int = 32, loss_fn: Optional[Callable] = None, inplace: bool = False,
+             config: Optional[FinetuneConfig] = None, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+             targets: Optional[Sequence[str]] = None, merge: bool = True, head: Optional[str] = None,
+             horizon: Optional[int] = None, head_options: Optional[dict] = None, trace=None,
+             **options) -> nn.Module:
     """Train a (pruned) forecaster to recover accuracy, with early stopping on validation loss.
 
     Args:
         model: the forecaster to train.
         train, val: `compress.data.load(...)` datasets (or torch Datasets / batch lists).
+        method: what trains (`compress.finetune.methods`): "full" (every parameter),
+            "linear_probe" (only the forecasting head, `Forecaster.head_modules()`; a plain
+            module: its last Linear), "lora" (LoRA adapters on the attention / FFN Linears
+            via peft, plus the head) or "trace" (LoRA + Gated DSIC module selection + the
+            reconstructed head where the backbone is patch-based; TRACE, arXiv 2503.16991).
         epochs, lr, patience, batch_size: see `FinetuneConfig` (also `weight_decay`,
             `max_steps`, `max_train_batches`, `max_val_batches`, `seed`, `keep_sparsity`,
             `progress` through **options).
         loss_fn: training loss `loss_fn(prediction, target)` (MSE).
         inplace: train `model` itself instead of a copy.
         config: a ready `FinetuneConfig` (overrides the keyword settings).
+        rank, alpha, dropout: LoRA rank, scale (`alpha / rank`) and adapter dropout.
+        targets: LoRA target module names or patterns (`compress.finetune.lora`); None:
+            the family's defaults (`lora.DEFAULT_TARGETS`). A pattern matching nothing is
+            an error.
+        merge: fold the adapters into the weights when training ends (default): the result
+            holds plain Linears, saves with `compress.models.saving` and costs nothing extra
+            at inference. False keeps the peft adapters (base frozen, adapters and head
+            trainable); merge them later with `compress.finetune.merge_lora(model)` before
+            `save` (which refuses unmerged adapters).
+        head: None (the method's default: "reconstructed" for "trace" where supported,
+            else the model's own head), "keep", or "reconstructed" (any method).
+        horizon: horizon of the reconstructed head (None: the model's).
+        head_options: extra options of `compress.finetune.heads.attach_reconstructed_head`.
+        trace: a `compress.finetune.trace.TraceConfig` (or its fields as a dict) for
+            method="trace" (None: the defaults).
 
     Returns:
         The model with the weights of its best validation epoch; `finetune_history`
-        records per-epoch train/val losses.
+        records per-epoch train/val losses and `trainable_params`; `finetune_info` the
+        method, parameter counts, LoRA settings and (trace) the Gated DSIC rounds.
 
     Example:
         >>> small = compress.finetune(small, train, val, epochs=5, lr=1e-4)   # doctest: +SKIP
+        >>> tuned = compress.finetune(small, train, val, method="lora", rank=4)  # doctest: +SKIP
     """
+    from .methods import Context, prepare
+    from .lora import LoraSettings
+    from .trace import TraceConfig
+
     cfg = config or FinetuneConfig(epochs=epochs, lr=lr, patience=patience, batch_size=batch_size, **options)
+    lora_settings = LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=targets)
+    if isinstance(trace, dict):
+        trace = TraceConfig(**trace)
     _check_data("train", train)
     _check_data("val", val)
     loss_fn = loss_fn or nn.functional.mse_loss
     if not inplace:
         model = copy.deepcopy(model)
     torch.manual_seed(cfg.seed)
+    ctx = Context(train=train, val=val, cfg=cfg, loss_fn=loss_fn, lora=lora_settings, merge=merge,
+                  head=head, horizon=horizon, head_options=dict(head_options or {}), trace=trace)
+    # before the method adds anything: fresh LoRA B matrices are all zeros, not pruned weights
+    masks = _sparsity_masks(model) if cfg.keep_sparsity else {}
+    prepared = prepare(method, model, ctx)
+    model, info = prepared.model, prepared.info
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("finetune: the model has no trainable parameters")
-    masks = _sparsity_masks(model) if cfg.keep_sparsity else {}
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, best_state, bad, steps, history = float("inf"), None, 0, 0, []
+    best, best_state, bad, history = float("inf"), None, 0, []
+    steps = int(info.get("trace", {}).get("steps", 0))  # Gated DSIC's warm-up counts towards max_steps
+    tp = info["trainable_params"]
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -191,9 +230,11 @@ def finetune(model: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-4
         return r["mse"] if loss_fn is nn.functional.mse_loss else _mean_loss(model, val, loss_fn, cfg)
 
     start = val_loss()
-    history.append({"epoch": 0, "train": None, "val": start})
+    history.append({"epoch": 0, "train": None, "val": start, "trainable_params": tp})
     best, best_state = start, copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
+        if cfg.max_steps is not None and steps >= cfg.max_steps:
+            break
         model.train()
         total, n = 0.0, 0
         batches = _batches(train, cfg.batch_size, True, cfg.seed + epoch, cfg.max_train_batches)
@@ -218,7 +259,7 @@ def finetune(model: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-4
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 break
         v = val_loss()
-        history.append({"epoch": epoch, "train": total / max(n, 1), "val": v})
+        history.append({"epoch": epoch, "train": total / max(n, 1), "val": v, "trainable_params": tp})
         if cfg.progress:
             print(f"[compress.finetune] epoch {epoch}: train {total / max(n, 1):.4f}  val {v:.4f}", file=sys.stderr)
         if v < best - 1e-9:
@@ -230,8 +271,15 @@ def finetune(model: nn.Module, train, val, *, epochs: int = 10, lr: float = 1e-4
         if cfg.max_steps is not None and steps >= cfg.max_steps:
             break
     model.load_state_dict(best_state)
+    model = prepared.finish(model)
+    if masks:  # a merged LoRA update is dense: keep the zeros of unstructured pruning
+        with torch.no_grad():
+            for p, m in masks.items():
+                p.masked_fill_(m, 0.0)
     model.eval()
     model.finetune_history = history
+    info["params_after"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    model.finetune_info = info
     return model
 
 

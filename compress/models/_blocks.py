@@ -176,6 +176,13 @@ class ClassicForecaster(Forecaster):
     def protected_modules(self) -> List[nn.Module]:
         return list(self.model.protected_modules())
 
+    def head_modules(self) -> List[nn.Module]:
+        """The output projection(s): the protected modules that are not input embeddings
+        (Autoformer / FEDformer: the decoder projection and the per-layer trend projections;
+        Crossformer: every decoder layer's `linear_pred`)."""
+        names = {id(m): n for n, m in self.named_modules()}
+        return [m for m in self.protected_modules() if "embedding" not in names.get(id(m), "")]
+
     def layer_stacks(self) -> list:
         """Encoder layers (`e_layers`) and decoder layers (`d_layers`), one kept in each.
 

@@ -192,6 +192,13 @@ class _ModuleHooks(PruningHooks):
         return fn() if fn else None
 
 
+def last_linear(model: nn.Module) -> List[nn.Module]:
+    """`[the last nn.Linear or nn.Conv1d of model]` in registration order ([] if none): the
+    forecasting head of a plain module, by convention."""
+    found = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
+    return found[-1:]
+
+
 def pruning_hooks(model: nn.Module) -> PruningHooks:
     """The `PruningHooks` of `model`: itself for a `Forecaster`, an adapter for any other module.
 
@@ -264,6 +271,24 @@ class Forecaster(PruningHooks, nn.Module):
         from ..strategies.layers import find_block_stacks
 
         return find_block_stacks(self)
+
+    def head_modules(self) -> List[nn.Module]:
+        """The forecasting head: what `compress.finetune(..., method="linear_probe")` trains.
+
+        `method="lora"` and `"trace"` also train it fully (LoRA never targets modules inside
+        it). Default: the last of `protected_modules()` (adapters list the input embedding
+        first and the head last), else the last `nn.Linear` / `nn.Conv1d` of the model.
+        Families whose head is several modules, or a larger block, override this.
+
+        Example:
+            >>> m = compress.models.load("transformer", size="tiny")   # doctest: +SKIP
+            >>> m.head_modules() == [m.model.projection]                # doctest: +SKIP
+            True
+        """
+        protected = list(self.protected_modules())
+        if protected:
+            return protected[-1:]
+        return last_linear(self)
 
     def example_inputs(self, batch_size: int = 2, n_channels: Optional[int] = None) -> torch.Tensor:
         c = self.n_channels or n_channels or 3

@@ -167,6 +167,10 @@ class MomentForecaster(Forecaster):
         # Patch embedding (patch_len -> d_model) and the flatten-linear forecasting head.
         return [self.model.patch_embedding.value_embedding, self.model.head.linear]
 
+    def head_modules(self) -> List[nn.Module]:
+        """The whole forecasting head (flatten, dropout, linear)."""
+        return [self.model.head]
+
 
 def _from_pretrained(pipeline_cls, directory: str, model_kwargs: dict) -> nn.Module:
     """`MOMENTPipeline.from_pretrained` for a local directory, also for forecasting heads.

@@ -167,6 +167,10 @@ class PatchTSTForecaster(Forecaster):
         head = self.model.head
         return [emb, head.projection if head.share_projection else head.projections]
 
+    def head_modules(self) -> List[nn.Module]:
+        """The whole prediction head (flatten, dropout, projection)."""
+        return [self.model.head]
+
     def layer_stacks(self) -> list:
         """The encoder layers (each pre-norm residual, [B*C, patches, d_model] -> same)."""
         from ..strategies.layers import BlockStack

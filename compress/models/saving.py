@@ -199,6 +199,11 @@ def describe(model: nn.Module) -> dict:
     if not isinstance(model, Forecaster):
         raise TypeError(f"only compress Forecasters can be saved this way, got {type(model).__name__}; "
                         "save a plain module's state_dict with safetensors.torch.save_file")
+    adapted = [n for n, m in model.named_modules() if type(m).__module__.startswith("peft.")]
+    if adapted:
+        raise SavedModelError(f"the model holds unmerged LoRA adapters ({adapted[0]}, ...): merge them first with "
+                              "compress.finetune.merge_lora(model) (or fine-tune with merge=True), or keep the adapters "
+                              "with torch.save(model.state_dict(), ...)")
     _builtin_types()
     canonical, aliases, kinds = _tensors(model)
     try:

@@ -172,3 +172,7 @@ class TimesFMForecaster(Forecaster):
             self.model.output_projection_point,
             self.model.output_projection_quantiles,
         ]
+
+    def head_modules(self) -> List[nn.Module]:
+        """The point and quantile output blocks."""
+        return [self.model.output_projection_point, self.model.output_projection_quantiles]

@@ -147,3 +147,7 @@ class TTMForecaster(Forecaster):
     def protected_modules(self) -> List[nn.Module]:
         # Patch projection (patch_length -> d_model) and the flatten-linear forecasting head.
         return [self.model.backbone.encoder.patcher, self.model.head.base_forecast_block]
+
+    def head_modules(self) -> List[nn.Module]:
+        """The whole forecasting head (flatten-linear over patches x d_model)."""
+        return [self.model.head]

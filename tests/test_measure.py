@@ -314,7 +314,7 @@ def test_as_dict_has_every_field():
     assert d["params"] == 1_000_000 and d["threads"] == 1
     assert set(d) == {
         "params", "nonzero_params", "density", "prunable_params", "prunable_density", "flops",
-        "latency_ms", "latency_iqr_ms", "threads", "peak_memory_mb", "weight_mb", "backend",
+        "latency_ms", "latency_iqr_ms", "threads", "peak_memory_mb", "weight_mb", "backend", "trainable_params",
     }
 
 

@@ -2,18 +2,23 @@
 library's own pieces (criterion `taylor`, strategy `progressive`, `finetune`)."""
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Callable, Optional
 
 from torch import nn
 
-from .trainer import _check_data, evaluate, finetune
+from . import _checks
+from .trainer import FinetuneConfig, _check_data, evaluate, finetune
 
 __all__ = ["prune_then_finetune"]
 
 #: keys of **options that go to the progressive strategy; the rest go to `finetune`
 _PRUNE_OPTIONS = ("max_rounds", "normalize", "tolerance", "ranking")
 _PRUNE_ARGS = ("units", "ignore", "heads", "example_inputs", "time_limit_s")
+#: `finetune` keywords this function sets itself: passing them in **options is refused
+#: (with the argument to use instead) before pruning, not a TypeError after it
+_SET_HERE = {"epochs": "finetune_epochs", "method": "finetune_method", "inplace": None, "config": None}
 
 
 def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max_ratio: float = 0.7,
@@ -86,6 +91,8 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
     strategy_options = {"step_fraction": step_fraction, "patience": patience,
                         **{k: options.pop(k) for k in _PRUNE_OPTIONS if k in options}}
     prune_kw = {k: options.pop(k) for k in _PRUNE_ARGS if k in options}
+    _check_finetune_options(options, finetune_epochs=finetune_epochs, lr=lr, finetune_patience=finetune_patience,
+                            batch_size=batch_size, seed=seed, progress=progress)
 
     calibration = _as_batches(train, batch_size, calibration_batches, shuffle=True, seed=seed)
     # a capped validation set is a fixed random sample of the whole split, not its first windows
@@ -105,6 +112,25 @@ def prune_then_finetune(model: nn.Module, train, val, *, criterion="taylor", max
     tuned = finetune(pruned, train, val, method=finetune_method, epochs=finetune_epochs, lr=lr, patience=finetune_patience,
                      batch_size=batch_size, loss_fn=loss_fn, inplace=True, seed=seed, progress=progress, **options)
     return tuned
+
+
+def _check_finetune_options(options: dict, *, finetune_epochs, lr, finetune_patience, batch_size, seed,
+                            progress) -> None:
+    """Everything left in **options goes to `finetune`: check names and values now, before
+    the pruning search (minutes to hours), not when fine-tuning starts."""
+    where = "prune_then_finetune"
+    for k in options:
+        if k in _SET_HERE:
+            use = _SET_HERE[k]
+            raise ValueError(f"{where}: {k}= is set by prune_then_finetune itself; "
+                             + (f"pass {use}= instead" if use else "it cannot be changed here"))
+    own = set(inspect.signature(prune_then_finetune).parameters)  # named arguments bind there, never here
+    known = (_checks.finetune_option_names(finetune, FinetuneConfig) - set(_SET_HERE) - own) | set(_PRUNE_OPTIONS) \
+        | set(_PRUNE_ARGS) | {"order", "ema", "grad_scale"}
+    _checks.check_finetune_options(where, options, known)
+    fields = {f for f in FinetuneConfig.__dataclass_fields__}
+    FinetuneConfig(epochs=finetune_epochs, lr=lr, patience=finetune_patience, batch_size=batch_size, seed=seed,
+                   progress=progress, **{k: v for k, v in options.items() if k in fields})  # raises on bad values
 
 
 def _as_batches(data, batch_size: int, limit: Optional[int], *, shuffle: bool, seed: int) -> list:

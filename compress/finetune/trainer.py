@@ -16,6 +16,8 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from . import _checks
+
 __all__ = ["FinetuneConfig", "finetune", "evaluate"]
 
 
@@ -84,9 +86,11 @@ def _eval_batches(data, batch_size: int, limit: Optional[int]):
     return _batches(data, batch_size, limit is not None, 0, limit)
 
 
-def _check_data(name: str, data) -> None:
+def _check_data(name: str, data, reusable: bool = True) -> None:
     if data is None:
         raise ValueError(f"{name} data is missing: pass compress.data.load(..., split={name!r}) or (past, future) batches")
+    if reusable:  # read more than once (every epoch, every validation check)
+        _checks.check_reusable(name, data)
     try:
         n = len(data)
     except TypeError:
@@ -114,7 +118,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 64, limit: Optional[in
         >>> compress.evaluate(compress.models.load("ttm"), test)["mse"]  # doctest: +SKIP
         0.3628...
     """
-    _check_data("test", data)
+    _check_data("test", data, reusable=False)  # read once: a generator is fine
     was = model.training
     model.eval()
     se = ae = count = windows = 0.0
@@ -232,6 +236,7 @@ def finetune(model: nn.Module, train, val, *, method: str = "full", epochs: int 
     start = val_loss()
     history.append({"epoch": 0, "train": None, "val": start, "trainable_params": tp})
     best, best_state = start, copy.deepcopy(model.state_dict())
+    _checks.check_finite("validation", start, epoch=0, lr=cfg.lr)
     for epoch in range(1, cfg.epochs + 1):
         if cfg.max_steps is not None and steps >= cfg.max_steps:
             break
@@ -240,11 +245,11 @@ def finetune(model: nn.Module, train, val, *, method: str = "full", epochs: int 
         batches = _batches(train, cfg.batch_size, True, cfg.seed + epoch, cfg.max_train_batches)
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
                    disable=not cfg.progress) if tqdm else batches
-        for past, future in bar:
+        for batch, (past, future) in enumerate(bar):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(past), future)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"finetune: the training loss became {loss.item()} at step {steps}; lower lr")
+            _checks.check_finite("training", float(loss.detach()), epoch=epoch, batch=batch, lr=cfg.lr,
+                                 history=history)
             loss.backward()
             opt.step()
             if masks:
@@ -258,10 +263,12 @@ def finetune(model: nn.Module, train, val, *, method: str = "full", epochs: int 
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 break
+        _checks.check_not_empty("training", n, epoch)
         v = val_loss()
         history.append({"epoch": epoch, "train": total / max(n, 1), "val": v, "trainable_params": tp})
         if cfg.progress:
             print(f"[compress.finetune] epoch {epoch}: train {total / max(n, 1):.4f}  val {v:.4f}", file=sys.stderr)
+        _checks.check_finite("validation", v, epoch=epoch, lr=cfg.lr, history=history[:-1])
         if v < best - 1e-9:
             best, best_state, bad = v, copy.deepcopy(model.state_dict()), 0
         else:
@@ -290,4 +297,6 @@ def _mean_loss(model, data, loss_fn, cfg) -> float:
     for past, future in _eval_batches(data, cfg.batch_size, cfg.max_val_batches):
         total += float(loss_fn(model(past), future)) * past.shape[0]
         n += past.shape[0]
-    return total / max(n, 1)
+    if n == 0:
+        raise ValueError("finetune: the validation pass saw no windows (an exhausted or empty iterable)")
+    return total / n

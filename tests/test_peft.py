@@ -247,3 +247,19 @@ def test_trace_uses_the_reconstructed_head_on_a_patch_backbone(tmp_path):
     x = model.example_inputs(2, 3)
     with torch.no_grad():
         assert torch.equal(merged(x), again(x))
+
+
+def test_lora_on_a_pruned_torch_encoder_uses_the_drop_in_attention():
+    """Structured pruning swaps nn.MultiheadAttention for compress.graph.MultiheadAttention:
+    its q/k/v/out Linears (and nn.TransformerEncoderLayer's linear1/linear2) get adapters."""
+    train, val, _ = splits()
+    model = TorchEncoderForecaster()
+    pruned = compress.prune(model, "magnitude", ratio=0.5, example_inputs=torch.randn(2, 16, 3))
+    names = resolve_targets(pruned)
+    assert {"encoder.layers.0.self_attn.q_proj", "encoder.layers.0.linear1"} <= set(names)
+    tuned = compress.finetune(pruned, train, val, method="lora", rank=2, merge=False, **FAST)
+    x = torch.randn(3, 16, 3)
+    with torch.no_grad():
+        a = tuned(x)
+        b = merge_lora(tuned)(x)
+    assert not peft_modules(tuned) and torch.allclose(a, b, atol=1e-5)

@@ -82,8 +82,13 @@ def records(path):
                 yield json.loads(line)
 
 
+def realign_method(r):
+    """'full' or 'lora' for a prune-then-finetune record (older records: full), else None."""
+    return (r.get("realign") or {}).get("method", "full") if r["method"] == "prune-then-finetune" else None
+
+
 def cell_key(r):
-    return (r["model"], r["dataset"], r["method"], r.get("select"), r.get("ratio"), r.get("keep"))
+    return (r["model"], r["dataset"], r["method"], r.get("select"), r.get("ratio"), r.get("keep"), realign_method(r))
 
 
 def spearman(a, b) -> float:
@@ -190,7 +195,7 @@ def run(args):
                 return rec
 
             # 1. per-block scores vs real removal loss
-            if (model_name, dataset, "block-scores", None, None, None) not in done:
+            if (model_name, dataset, "block-scores", None, None, None, None) not in done:
                 t0 = time.perf_counter()
                 bs = block_scores(base, cal, valb, args.measure)
                 emit({"method": "block-scores", **bs, "seconds_total": round(time.perf_counter() - t0, 1)})
@@ -210,11 +215,13 @@ def run(args):
             # 3. depth pruning cells, before and after realignment
             plan = [(sel, r, None) for r in args.ratios for sel in ("dominance", "random", "first", "last")
                     if sel == "dominance" or r in args.baselines_at]
-            plan.append(("dominance", args.auto_max_ratio, "auto"))
+            if not args.no_auto:
+                plan.append(("dominance", args.auto_max_ratio, "auto"))
             for sel, ratio, keep in plan:
                 realign = keep == "auto" or sel == "dominance" or ratio in args.realign_all_at
                 methods = ["prune"] + (["prune-then-finetune"] if realign else [])
-                keys = [{"method": m, "select": sel, "ratio": ratio, "keep": keep} for m in methods]
+                keys = [{"method": m, "select": sel, "ratio": ratio, "keep": keep,
+                         "realign": {"method": args.realign_method}} for m in methods]
                 if all(cell_key({"model": model_name, "dataset": dataset, **k}) in done for k in keys):
                     continue
                 t0 = time.perf_counter()
@@ -232,7 +239,8 @@ def run(args):
                     info = {"blocks_before": pr["blocks_before"], "blocks_after": pr["blocks_after"],
                             "removed": {p: s["removed"] for p, s in pr["stacks"].items() if s["removed"]},
                             **({"auto": pr["auto"]} if "auto" in pr else {})}
-                    emit(evaluate_cell(pruned, {"method": "prune", **common, **info}, t0))
+                    if cell_key({"model": model_name, "dataset": dataset, **keys[0]}) not in done:
+                        emit(evaluate_cell(pruned, {"method": "prune", **common, **info}, t0))
                     if realign:
                         t1 = time.perf_counter()
                         extra = {} if args.realign_method == "full" else {"method": args.realign_method}
@@ -253,6 +261,7 @@ def main(argv=None):
                     help="ratios at which random / first / last are run (dominance runs at every ratio)")
     ap.add_argument("--realign-all-at", nargs="*", type=float, default=[0.75],
                     help="ratios at which random / first / last are realigned too (dominance always is)")
+    ap.add_argument("--no-auto", action="store_true", help="skip the keep='auto' cell")
     ap.add_argument("--auto-max-ratio", type=float, default=0.9)
     ap.add_argument("--tolerance", type=float, default=0.10)
     ap.add_argument("--measure", default="removal", choices=MEASURES)
@@ -262,8 +271,9 @@ def main(argv=None):
     ap.add_argument("--realign-batches", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--realign-method", default="full",
-                    help="compress.finetune method for the realignment: 'full', or 'lora' where compress.finetune "
-                         "offers it (issue 11)")
+                    help="compress.finetune method for the realignment: 'full', or 'lora' (issue 11; the adapters "
+                         "are merged after training). The full fine-tune baseline stays full; with the same --out, "
+                         "only the missing realigned cells run")
     ap.add_argument("--pairs", type=int, default=15, help="interleaved base/model timing pairs per cell")
     ap.add_argument("--timing-batch", type=int, default=4, help="windows in the timing batch")
     ap.add_argument("--threads", type=int, default=1)

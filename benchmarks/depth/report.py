@@ -25,7 +25,8 @@ def load(path=DEFAULT):
             if not line.strip():
                 continue
             r = json.loads(line)
-            key = (r["model"], r["dataset"], r["method"], r.get("select"), r.get("ratio"), r.get("keep"))
+            rm = (r.get("realign") or {}).get("method", "full") if r["method"] == "prune-then-finetune" else None
+            key = (r["model"], r["dataset"], r["method"], r.get("select"), r.get("ratio"), r.get("keep"), rm)
             last[key] = r
     return last
 
@@ -71,7 +72,8 @@ def cells_table(last):
         removed = "auto" if r.get("keep") == "auto" else f"{r.get('ratio', 0):.0%}"
         kept = f"{r.get('blocks_after')}/{r.get('blocks_before')}"
         rng = r.get("speedup_range") or [float("nan")] * 2
-        out.append(f"| {r['model']} | {r['dataset']} | {r['method']} | {r.get('select') or ''} | {removed} | {kept} | "
+        method = r["method"] + (" (lora)" if key[6] == "lora" else "")
+        out.append(f"| {r['model']} | {r['dataset']} | {method} | {r.get('select') or ''} | {removed} | {kept} | "
                    f"{_f(r['mse'])} | {_f(r['mae'])} | {r['params'] / r['params_base']:.0%} | "
                    f"{_f(r.get('flops_reduction'), '{:.2f}x')} | {_f(r['speedup'], '{:.2f}x')} "
                    f"({_f(rng[0], '{:.2f}')}–{_f(rng[1], '{:.2f}')}) |")
@@ -84,8 +86,8 @@ def claim_table(last):
            "|---|---|---|---|---|---|---|---|"]
     pairs = sorted({(k[0], k[1]) for k in last})
     for m, d in pairs:
-        ft = last.get((m, d, "finetune", None, 0.0, None))
-        cands = [r for k, r in last.items() if k[0] == m and k[1] == d and r["method"] == "prune-then-finetune"
+        ft = last.get((m, d, "finetune", None, 0.0, None, None))
+        cands = [r for k, r in last.items() if k[0] == m and k[1] == d and k[6] == "full"
                  and not r.get("error") and r["blocks_after"] <= CLAIM_KEEP * r["blocks_before"] + 1e-9]
         if ft is None or ft.get("error"):
             continue
@@ -102,12 +104,33 @@ def claim_table(last):
     return "\n".join(out)
 
 
+def lora_table(last):
+    """Realignment by LoRA (adapters merged) next to the full realignment of the same pruned cell."""
+    out = ["| model | dataset | select | removed | blocks kept | before realignment | full realignment | LoRA realignment | fine-tuned full model |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for k, r in sorted(last.items(), key=lambda kv: str(kv[0])):
+        if k[6] != "lora" or r.get("error"):
+            continue
+        full = last.get(k[:6] + ("full",))
+        before = last.get((k[0], k[1], "prune", k[3], k[4], k[5], None))
+        ft = last.get((k[0], k[1], "finetune", None, 0.0, None, None))
+        removed = "auto" if r.get("keep") == "auto" else f"{r.get('ratio', 0):.0%}"
+        out.append(f"| {k[0]} | {k[1]} | {k[3]} | {removed} | {r['blocks_after']}/{r['blocks_before']} | "
+                   f"{_f(before and before.get('mse'))} | {_f(full and full.get('mse'))} | {_f(r['mse'])} | "
+                   f"{_f(ft and ft.get('mse'))} |")
+    return "\n".join(out) if len(out) > 2 else ""
+
+
 def report(path=DEFAULT):
     last = load(path)
     print("### Which measure predicts the real removal loss (Spearman ρ per model; s = seconds to score)\n")
     print(spearman_table(last))
     print("\n### The claim: keep ≤ 30 % of the blocks, within 2 % of the fine-tuned full model's MSE, ≥ 2x faster\n")
     print(claim_table(last))
+    lt = lora_table(last)
+    if lt:
+        print("\n### Realignment: full fine-tune vs LoRA (test MSE)\n")
+        print(lt)
     print("\n### Every cell\n")
     print(cells_table(last))
 

@@ -180,6 +180,29 @@ def _last(path):
     return {cell_key(r): r for r in records(path)}
 
 
+def compare(new_path, old_path):
+    """Markdown: every cell of `new_path` beside the same cell of `old_path` (a re-measure)."""
+    from tabulate import tabulate
+    new, old = _last(new_path), _last(old_path)
+    rows = []
+    for key, r in sorted(new.items(), key=lambda kv: (kv[0][1].lower(), kv[0][2], kv[0][0], kv[0][3])):
+        o = old.get(key)
+
+        def cell(x):
+            if not x:
+                return "", "", ""
+            if x.get("error"):
+                return "error", "", ""
+            return f"{x['mse']:.4f}", f"{x['params_kept']:.0%}", ("" if x.get("chosen_round") is None else
+                                                              f"{x['chosen_round']}/{x['rounds'] - 1}")
+        (nm, nk, nr), (om, ok, orr) = cell(r), cell(o)
+        delta = f"{(r['mse'] / o['mse'] - 1) * 100:+.1f}%" if o and not o.get("error") and not r.get("error") else ""
+        rows.append([*key[1:3], key[0], key[3], om, ok, orr, nm, nk, nr, delta])
+    print(tabulate(rows, headers=["dataset", "H", "model", "method", "old MSE", "old kept", "old round (chosen/last)",
+                                  "new MSE", "new kept", "new round (chosen/last)", "MSE change"],
+                   tablefmt="github", disable_numparse=True))
+
+
 def report(path, latency_path=None):
     """Markdown: one row per cell (speedups from the quiet re-timing where there is one), then
     the claim check per (dataset, horizon, model)."""
@@ -271,7 +294,10 @@ def main():
                                                           "ptf_latency.jsonl"))
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--report")
+    ap.add_argument("--compare", metavar="OLD", help="with --report NEW: each cell of NEW beside OLD's")
     args = ap.parse_args()
+    if args.report and args.compare:
+        return compare(args.report, args.compare)
     if args.report:
         return report(args.report, args.latency_out)
     torch.set_num_threads(args.threads)

@@ -205,10 +205,13 @@ def _train_cached(model, spec: ModelSpec, dataset: str, horizon: int, seed: int,
     log(f"  {spec.name}: trained on {dataset} ({settings}) in {time.time() - t0:.0f} s")
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        torch.save(model.state_dict(), path)
-        with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        tmp = f"{path}.{os.getpid()}.tmp"  # atomic: parallel workers may train the same group at once
+        with open(os.path.splitext(tmp)[0] + ".json", "w") as f:
             json.dump({"family": spec.family, "size": spec.size, "config": model.config, "train": spec.train}, f,
                       indent=2, default=str)
+        os.replace(os.path.splitext(tmp)[0] + ".json", os.path.splitext(path)[0] + ".json")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
     return model
 
 
@@ -224,7 +227,8 @@ def _stderr(msg: str) -> None:
 
 
 def run(config: Config, out: str, command: str = "", cells: Optional[Iterable[Cell]] = None,
-        log: Callable[[str], None] = _stderr, cache_dir: Optional[str] = None) -> List[Dict[str, Any]]:
+        log: Callable[[str], None] = _stderr, cache_dir: Optional[str] = None, *, workers: int = 1,
+        executor: Optional[str] = None, address: Optional[str] = None, retries: int = 1) -> List[Dict[str, Any]]:
     """Run the cells of `config` (all of them by default), appending records to `out`.
 
     Args:
@@ -235,6 +239,13 @@ def run(config: Config, out: str, command: str = "", cells: Optional[Iterable[Ce
         log: where progress lines go (stderr).
         cache_dir: where models trained inside the run are cached (default: `checkpoints/`
             beside `out`).
+        workers: parallel worker processes (local pool) or Ray CPUs of a local instance.
+        executor: "serial" (this process), "process" (a local pool of `workers`) or "ray";
+            default: "process" when workers > 1, else "serial". See `benchmarks.parallel`.
+        address: the Ray cluster to join (``ray://host:10001`` or ``auto``); default: start
+            a local instance.
+        retries: how often a cell whose worker died is retried before it is recorded as
+            failed (parallel executors only).
 
     Returns:
         The records written by this call (skipped cells write none).
@@ -246,7 +257,10 @@ def run(config: Config, out: str, command: str = "", cells: Optional[Iterable[Ce
     threads = torch.get_num_threads()
     torch.set_num_threads(config.eval.threads)  # the whole run: on small shared CPUs extra OpenMP threads spin
     try:
-        return _run(config, out, command, cells, log, cache_dir)
+        executor = executor or ("process" if workers > 1 else "serial")
+        if executor == "serial":
+            return _run(config, out, command, cells, log, cache_dir)
+        return _run_parallel(config, out, command, cells, log, cache_dir, executor, workers, address, retries)
     finally:
         torch.set_num_threads(threads)
 
@@ -287,6 +301,35 @@ def _run(config, out, command, cells, log, cache_dir):
             _append(out, rec)
             written.append(rec)
             log(f"[{i}/{total}] {_label(c)}: {_summary(rec)}")
+    return written
+
+
+def _run_parallel(config, out, command, cells, log, cache_dir, executor, workers, address, retries):
+    from .parallel import run_cells
+
+    cells = list(config.cells if cells is None else cells)
+    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(out)), "checkpoints")
+    done = done_keys(out)
+    common = dict(config=config.name, command=command, commit=_commit(), seed=config.seed)
+    total, pending = len(cells), []
+    for i, c in enumerate(cells, 1):
+        spec = config.models.get(c.model) or ModelSpec(name=c.model, family=c.model)
+        if c.key(spec.size, config.seed) in done:
+            log(f"[{i}/{total}] {_label(c)}: done already, skipped")
+        else:
+            pending.append((i, c))
+    written: List[Dict[str, Any]] = []
+    labels = dict(pending)
+
+    def write(index: int, rec: Dict[str, Any]) -> None:  # the one writer: this process
+        _append(out, rec)
+        written.append(rec)
+        log(f"[{index}/{total}] {_label(labels[index])}: {_summary(rec)}")
+
+    if pending:
+        log(f"{len(pending)} cell(s) to run on {executor} ({workers} worker(s))")
+        run_cells(config, pending, common, cache_dir, write, log, executor=executor, workers=workers,
+                  address=address, retries=retries)
     return written
 
 

@@ -5,6 +5,9 @@
                              --ratio R [--size tiny] [--finetune-epochs N] --out RESULTS.jsonl
     python -m benchmarks report RESULTS.jsonl... --out DIR
     python -m benchmarks quick [--out runs/quick] [--fresh]
+    ... [--workers N] [--executor serial|process|ray] [--address RAY_ADDRESS] [--retries N]
+
+`compress-bench` (installed with the package) is the same command, from any directory.
 
 `run` appends to RESULTS (cells already there without an error are skipped) and exits 1
 when a cell of this call failed; `quick` runs `benchmarks/configs/quick.toml`, prints the
@@ -18,6 +21,7 @@ import os
 import shlex
 import sys
 import time
+from typing import List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICK_CONFIG = os.path.join(HERE, "configs", "quick.toml")
@@ -57,6 +61,10 @@ def _single_cell_config(a):
     return Config(name="cli", models={a.model: spec}, cells=[cell], eval=ev, finetune=ft, seed=a.seed)
 
 
+def _parallel(a) -> dict:
+    return dict(workers=a.workers, executor=a.executor, address=a.address, retries=a.retries)
+
+
 def cmd_run(a, argv) -> int:
     from .config import ConfigError, load_config
     from .runner import run
@@ -75,7 +83,7 @@ def cmd_run(a, argv) -> int:
             return 2
         cfg = _single_cell_config(a)
     t0 = time.time()
-    records = run(cfg, a.out, command=_command(argv))
+    records = run(cfg, a.out, command=_command(argv), **_parallel(a))
     failed = [r for r in records if r.get("error")]
     print(f"{len(records)} cell(s) run, {len(failed)} failed, {time.time() - t0:.0f} s; results in {a.out}",
           file=sys.stderr)
@@ -108,50 +116,136 @@ def cmd_quick(a, argv) -> int:
         shutil.rmtree(os.path.join(a.out, "checkpoints"), ignore_errors=True)
     t0 = time.time()
     cfg = load_config(a.config)
-    run(cfg, results, command=_command(argv))
+    run(cfg, results, command=_command(argv), **_parallel(a))
     write_report([results], a.out, title="Quick comparison: TTM and two classic models on ETTh1")
     print(cell_table(load_records([results])))
     print(f"\nreport: {os.path.join(a.out, 'report.md')} ({time.time() - t0:.0f} s)")
     return 0
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the docstring's layout and appends "(default: ...)" to every flag's help that does
+    not already say its default (or that it is required)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or "required" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _names() -> Tuple[List[str], List[str]]:
+    """Registered criteria and model families (for the help texts and --criterion's choices)."""
+    import compress
+
+    return list(compress.criteria.available()), [str(f) for f in compress.models.available()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (`compress-bench` or `python -m benchmarks`): every flag has help, values, default."""
+    from .parallel import EXECUTORS
+
+    criteria, families = _names()
+    p = argparse.ArgumentParser(prog="compress-bench", description=__doc__, formatter_class=_Help)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,report,quick}")
+
+    r = sub.add_parser("run", help="run a config's grid, or one cell", formatter_class=_Help,
+                       description="Run every cell of --config (or the one cell the flags describe), appending "
+                                   "one JSON line per cell to --out; cells already there without an error are skipped.")
+    r.add_argument("--config", metavar="FILE", default=None,
+                   help="experiment file (.toml or .json, see benchmarks/config.py); without it the flags below "
+                        "describe a single cell (default: none)")
+    r.add_argument("--out", required=True, metavar="RESULTS.jsonl",
+                   help="JSONL results file, created or appended to (resumes: done cells are skipped); required")
+    r.add_argument("--model", metavar="FAMILY", default=None,
+                   help=f"single cell: model family (required without --config), one of {', '.join(families)}")
+    r.add_argument("--dataset", metavar="NAME|CSV", default=None,
+                   help="single cell: dataset name (ETTh1 ships; others via compress.data) or a CSV path (required without --config)")
+    r.add_argument("--horizon", type=int, metavar="H", default=None,
+                   help="single cell: forecast horizon in steps (a positive integer, required without --config)")
+    r.add_argument("--criterion", default="magnitude", choices=criteria, metavar="CRITERION",
+                   help=f"single cell: pruning criterion, one of {', '.join(criteria)}")
+    r.add_argument("--strategy", default="structured", choices=["structured", "unstructured"],
+                   help="single cell: structured (removes channels/heads) or unstructured (zeros weights)")
+    r.add_argument("--ratio", type=float, default=0.0, metavar="R",
+                   help="single cell: fraction to prune, in [0, 1); 0 is the unpruned baseline")
+    r.add_argument("--size", default="small", metavar="SIZE",
+                   help="single cell: family size preset, e.g. small (pretrained for the TSFMs) or tiny (tests)")
+    r.add_argument("--pretrained", metavar="DIR", default=None,
+                   help="single cell: local pretrained weights of the family (default: the family's own, if it ships any)")
+    r.add_argument("--checkpoint", metavar="FILE.pt", default=None,
+                   help="single cell: .pt state_dict with its build config in the .json beside it (default: none, build or train the model)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", default=None,
+                   help="single cell: model build override, VALUE parsed as JSON (repeatable; default: none)")
+    r.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+                   help="single cell: fine-tune after pruning for N epochs (0: no fine-tuning)")
+    r.add_argument("--test-stride", type=int, default=8, metavar="N",
+                   help="single cell: step between test windows (>= 1; larger is faster)")
+    r.add_argument("--test-limit", type=int, default=0, metavar="N",
+                   help="single cell: at most this many test batches (0: all)")
+    r.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="single cell: torch threads for the run and the timing (>= 1)")
+    r.add_argument("--seed", type=int, default=0, metavar="N", help="single cell: random seed (an integer)")
+    _parallel_flags(r, EXECUTORS)
+
+    rep = sub.add_parser("report", help="write report.md and PNGs from results files", formatter_class=_Help,
+                         description="Rebuild a report from results files only (nothing is re-run).")
+    rep.add_argument("results", nargs="+", metavar="RESULTS.jsonl",
+                     help="one or more JSONL results files written by `run` (required)")
+    rep.add_argument("--out", required=True, metavar="DIR", help="output directory for report.md and the PNGs (required)")
+    rep.add_argument("--title", default=None, metavar="TEXT",
+                     help="the report's heading (default: 'Benchmark report')")
+    rep.add_argument("--notes", default=None, metavar="FILE.md",
+                     help="markdown file inserted into the report (discussion; default: none)")
+
+    q = sub.add_parser("quick", help="the quick comparison (TTM + two classic models on ETTh1)", formatter_class=_Help,
+                       description="Run benchmarks/configs/quick.toml, print its table, write runs/quick/report.md "
+                                   "(about 3 minutes on 2 CPU cores, see README).")
+    q.add_argument("--out", default=os.path.join("runs", "quick"), metavar="DIR",
+                   help="output directory: results.jsonl, report.md, plots, trained-model cache")
+    q.add_argument("--config", default=QUICK_CONFIG, metavar="FILE", help="the experiment file to run")
+    q.add_argument("--fresh", action="store_true",
+                   help="start afresh: new results file, retrain the classic models (default: off, resume)")
+    _parallel_flags(q, EXECUTORS)
+    return p
+
+
+def _parallel_flags(parser, executors) -> None:
+    g = parser.add_argument_group("parallel grids (see README, 'Grids that outgrow one machine')")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="cells run at once: worker processes (process executor) or CPUs of a local Ray instance; "
+                        "N > 1 without --executor uses the process executor")
+    g.add_argument("--executor", default=None, choices=list(executors),
+                   help="where cells run: serial (this process), process (a local pool of --workers) or ray "
+                        "(a local Ray instance, or the cluster at --address); default: serial for --workers 1, "
+                        "else process")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (auto, or ray://HEAD:10001); default: none, start a local instance")
+    g.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="times a cell whose worker died is retried before it is recorded as failed (>= 0)")
+
+
+def _check_parallel(a) -> Optional[str]:
+    if a.workers < 1:
+        return f"--workers {a.workers} must be >= 1"
+    if a.retries < 0:
+        return f"--retries {a.retries} must be >= 0"
+    if a.address and a.executor != "ray":
+        return "--address is the Ray cluster to join: give it with --executor ray"
+    if a.executor == "serial" and a.workers > 1:
+        return "--executor serial runs one cell at a time: drop --workers or use --executor process/ray"
+    return None
+
+
 def main(argv=None) -> int:
+    """Entry point of `compress-bench` and `python -m benchmarks`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    r = sub.add_parser("run", help="run a config's grid, or one cell")
-    r.add_argument("--config", help="experiment file (.toml or .json)")
-    r.add_argument("--out", required=True, help="JSONL results file (appended to; resumes)")
-    r.add_argument("--model", help="model family (compress.models.available())")
-    r.add_argument("--dataset", help="dataset name or CSV path (compress.data.load)")
-    r.add_argument("--horizon", type=int)
-    r.add_argument("--criterion", default="magnitude")
-    r.add_argument("--strategy", default="structured", choices=["structured", "unstructured"])
-    r.add_argument("--ratio", type=float, default=0.0)
-    r.add_argument("--size", default="small")
-    r.add_argument("--pretrained", help="local pretrained weights of the family")
-    r.add_argument("--checkpoint", help=".pt state_dict with its build config in the .json beside it")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="model build override (repeatable)")
-    r.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after pruning for N epochs")
-    r.add_argument("--test-stride", type=int, default=8)
-    r.add_argument("--test-limit", type=int, default=0, help="at most this many test batches (0: all)")
-    r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--seed", type=int, default=0)
-
-    rep = sub.add_parser("report", help="write report.md and PNGs from results files")
-    rep.add_argument("results", nargs="+")
-    rep.add_argument("--out", required=True, help="output directory")
-    rep.add_argument("--title")
-    rep.add_argument("--notes", help="markdown file inserted into the report (discussion)")
-
-    q = sub.add_parser("quick", help="the quick comparison (TTM + two classic models on ETTh1)")
-    q.add_argument("--out", default=os.path.join("runs", "quick"))
-    q.add_argument("--config", default=QUICK_CONFIG)
-    q.add_argument("--fresh", action="store_true", help="start afresh: new results file, retrain the classic models")
-
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
+    if a.cmd in ("run", "quick"):
+        problem = _check_parallel(a)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     return {"run": cmd_run, "report": cmd_report, "quick": cmd_quick}[a.cmd](a, argv)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .config import BASELINE, cell_key
 from .runner import read_results
 
-__all__ = ["load_records", "write_report", "cell_table"]
+__all__ = ["load_records", "write_report", "cell_table", "CELL_TABLE_COLUMNS"]
 
 
 def load_records(paths: Sequence[str]) -> List[Dict[str, Any]]:
@@ -54,9 +54,13 @@ def _delta(x, base) -> str:
     return f"{(x / base - 1) * 100:+.1f}%"
 
 
-def _sort_key(r):
-    return (r.get("model"), r.get("dataset"), r.get("horizon"), not _is_base(r), r.get("strategy"),
-            r.get("criterion"), bool(r.get("finetuned")), r.get("ratio") or 0)
+def _sorter(records):
+    """Sort key: models in the order they first appear (the config's order: the headline model
+    first), then dataset, horizon, the baseline first, strategy, criterion, fine-tuned, ratio."""
+    rank = {m: i for i, m in enumerate(OrderedDict.fromkeys(r.get("model") for r in records))}
+    return lambda r: (rank.get(r.get("model"), len(rank)), str(r.get("dataset")), r.get("horizon") or 0,
+                      not _is_base(r), str(r.get("strategy")), str(r.get("criterion")), bool(r.get("finetuned")),
+                      r.get("ratio") or 0)
 
 
 def cell_table(records: Iterable[Dict[str, Any]], tablefmt: str = "github") -> str:
@@ -64,13 +68,25 @@ def cell_table(records: Iterable[Dict[str, Any]], tablefmt: str = "github") -> s
     from tabulate import tabulate
 
     rows = []
-    for r in sorted((r for r in records if not r.get("error")), key=_sort_key):
+    records = list(records)
+    for r in sorted((r for r in records if not r.get("error")), key=_sorter(records)):
         rows.append([r["model"], r["dataset"], r["horizon"], "-" if _is_base(r) else r["criterion"],
-                     "-" if _is_base(r) else r["strategy"], _f(r["ratio"], ".3f"), r["method"],
-                     _f(r.get("relative_size"), ".3f"), _f(r.get("flops_reduction"), ".2f"), _f(r.get("speedup"), ".2f"),
-                     _f(r.get("mse")), _delta(r.get("mse"), r.get("baseline_mse")), _f(r.get("mae"))])
-    return tabulate(rows, headers=["model", "data", "H", "criterion", "strategy", "ratio", "method", "size",
-                                   "FLOPs ÷", "speedup ×", "MSE", "ΔMSE", "MAE"], tablefmt=tablefmt)
+                     "-" if _is_base(r) else r["strategy"], _f(r["ratio"], ".3f"), r["method"], _params(r.get("params")),
+                     _f(r.get("density"), ".3f"), _f(r.get("relative_size"), ".3f"), _f(r.get("flops_reduction"), ".2f"),
+                     _f(r.get("speedup"), ".2f"), _f(r.get("mse")), _delta(r.get("mse"), r.get("baseline_mse")),
+                     _f(r.get("mae"))])
+    return tabulate(rows, headers=list(CELL_TABLE_COLUMNS), tablefmt=tablefmt)
+
+
+#: The columns of `cell_table` (the quick job's table; the README names them).
+CELL_TABLE_COLUMNS = ("model", "data", "H", "criterion", "strategy", "ratio", "method", "params", "density", "size",
+                      "FLOPs ÷", "speedup ×", "MSE", "ΔMSE", "MAE")
+
+
+def _params(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
 def write_report(paths: Sequence[str], out_dir: str, title: Optional[str] = None, notes: Optional[str] = None) -> str:
@@ -110,25 +126,27 @@ def write_report(paths: Sequence[str], out_dir: str, title: Optional[str] = None
     lines += ["Columns: *density* = non-zero parameters / all parameters of the model as it is; *size* = non-zero "
               "parameters / parameters of the unpruned model; *FLOPs ÷* = unpruned FLOPs / FLOPs (dense count: "
               "unstructured zeros save no FLOPs); *speedup ×* = unpruned latency / latency; Δ = change against the "
-              "unpruned model on the same test windows.", ""]
+              "unpruned model on the same test windows; *method* says which weights were pruned: \"zero-shot\" = "
+              "pretrained weights as shipped, \"trained baseline\" = trained for this benchmark, \"untrained\" = "
+              "random initialisation (sizes and speed only, accuracy meaningless).", ""]
 
     if notes:
         with open(notes) as f:
             lines += [f.read().strip(), ""]
 
     # Baselines
-    base_rows = [[r["model"], r["dataset"], r["horizon"], r.get("context_length"), r.get("params"),
+    base_rows = [[r["model"], r.get("method"), r["dataset"], r["horizon"], r.get("context_length"), r.get("params"),
                   _f(r.get("flops", 0) / 1e6, ".1f") if r.get("flops") else "-", _f(r.get("latency_ms"), ".2f"),
                   _f(r.get("mse")), _f(r.get("mae")), r.get("n_windows")]
-                 for r in sorted(ok, key=_sort_key) if _is_base(r) and not r.get("finetuned")]
+                 for r in sorted(ok, key=_sorter(records)) if _is_base(r) and not r.get("finetuned")]
     if base_rows:
-        lines += ["## Unpruned models", "", tabulate(base_rows, headers=["model", "dataset", "H", "L", "params", "MFLOPs",
+        lines += ["## Unpruned models", "", tabulate(base_rows, headers=["model", "weights", "dataset", "H", "L", "params", "MFLOPs",
                                                                          "latency ms", "MSE", "MAE", "windows"],
                                                        tablefmt="github"), ""]
 
     # Per model x strategy
     groups: "OrderedDict[tuple, List[dict]]" = OrderedDict()
-    for r in sorted(ok, key=_sort_key):
+    for r in sorted(ok, key=_sorter(records)):
         if _is_base(r) and not r.get("finetuned"):
             continue
         groups.setdefault((r["model"], r["dataset"], r["horizon"], r["strategy"]), []).append(r)
@@ -158,7 +176,7 @@ def write_report(paths: Sequence[str], out_dir: str, title: Optional[str] = None
         lines += ["## Plots", ""] + [f"![{os.path.splitext(p)[0]}]({p})" for p in plots] + [""]
     if errors:
         rows = [[r.get("model"), r.get("dataset"), r.get("horizon"), r.get("criterion"), r.get("strategy"),
-                 _f(r.get("ratio"), ".3f"), r.get("method"), r.get("error")] for r in sorted(errors, key=_sort_key)]
+                 _f(r.get("ratio"), ".3f"), r.get("method"), r.get("error")] for r in sorted(errors, key=_sorter(records))]
         lines += ["## Errors", "", tabulate(rows, headers=["model", "dataset", "H", "criterion", "strategy", "ratio",
                                                              "method", "error"], tablefmt="github"), ""]
     path = os.path.join(out_dir, "report.md")
@@ -178,7 +196,7 @@ def _plt():
 
 def _plot_accuracy(records: List[dict], path: str) -> str:
     plt = _plt()
-    panels = list(OrderedDict.fromkeys((r["model"], r["dataset"], r["horizon"]) for r in sorted(records, key=_sort_key)))
+    panels = list(OrderedDict.fromkeys((r["model"], r["dataset"], r["horizon"]) for r in sorted(records, key=_sorter(records))))
     n = len(panels)
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -228,7 +246,7 @@ def _plot_accuracy(records: List[dict], path: str) -> str:
 def _plot_speedup(records: List[dict], path: str) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    models = list(OrderedDict.fromkeys(r["model"] for r in sorted(records, key=_sort_key)))
+    models = list(OrderedDict.fromkeys(r["model"] for r in sorted(records, key=_sorter(records))))
     hi = max(max(r["flops_reduction"], r.get("speedup") or 0) for r in records) * 1.1
     ax.plot([1, hi], [1, hi], color="grey", ls="--", lw=1)
     ax.axhline(1, color="grey", lw=0.6)

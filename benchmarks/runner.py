@@ -43,8 +43,12 @@ RECORD_FIELDS = (
     "effective_ratio", "method", "finetuned", "seed", "params", "nonzero_params", "density", "prunable_density",
     "relative_size", "flops", "flops_reduction", "latency_ms", "latency_iqr_ms", "baseline_latency_ms", "speedup",
     "threads", "peak_memory_mb", "mse", "mae", "n_windows", "baseline_mse", "baseline_mae", "test_stride",
-    "finetune_epochs", "seconds", "error", "note", "config", "command", "commit", "time",
+    "finetune_epochs", "seconds", "error", "note", "config", "command", "commit", "time", "weights",
 )
+#: Where the unpruned model's weights came from (record field "weights") and what its
+#: baseline row is called: only pretrained weights evaluated as they are are "zero-shot".
+WEIGHTS = {"pretrained": "zero-shot", "trained": "trained baseline", "checkpoint": "trained baseline",
+           "untrained": "untrained (random init)"}
 TRAIN_HINT = "python benchmarks/train_classic.py"
 
 
@@ -215,6 +219,27 @@ def _train_cached(model, spec: ModelSpec, dataset: str, horizon: int, seed: int,
     return model
 
 
+def weights_origin(spec: ModelSpec, model) -> str:
+    """"checkpoint", "trained" (inside the run), "pretrained" (the family's weights) or "untrained"."""
+    if spec.checkpoint:
+        return "checkpoint"
+    if spec.train:
+        return "trained"
+    config = getattr(model, "config", None)
+    if spec.pretrained or (isinstance(config, dict) and config.get("pretrained")):
+        return "pretrained"
+    return "untrained"
+
+
+def method_label(cell: Cell, weights: Optional[str]) -> str:
+    """The record's "method": what was done to which weights (an untrained model says so)."""
+    if cell.ratio == 0 and not cell.finetune:
+        return WEIGHTS.get(weights, cell.method)
+    if weights == "untrained" and not cell.finetune:
+        return f"{cell.method} (untrained model)"
+    return cell.method
+
+
 def hash_str(s: str) -> int:
     import hashlib
 
@@ -343,6 +368,7 @@ class _GroupContext:
         self.config, self.spec, self.dataset, self.horizon, self.log = config, spec, dataset, horizon, log
         ev = config.eval
         self.base = build_model(spec, dataset, horizon, config.seed, cache_dir, log)
+        self.weights = weights_origin(spec, self.base)
         L = self.base.context_length
         if getattr(self.base, "horizon", horizon) != horizon:
             raise ValueError(f"{spec.name} forecasts {self.base.horizon} steps, the grid asks for {horizon}")
@@ -414,7 +440,8 @@ class _GroupContext:
             base_metrics = metrics if (cell.ratio == 0 and not cell.finetune) else self.base_metrics()
             bm = self.base_measure
             return _record(
-                cell, self.spec, common, context_length=self.base.context_length, effective_ratio=effective,
+                cell, self.spec, common, weights=self.weights, method=method_label(cell, self.weights),
+                context_length=self.base.context_length, effective_ratio=effective,
                 params=m.params, nonzero_params=m.nonzero_params, density=m.density,
                 prunable_density=m.prunable_density, relative_size=m.nonzero_params / bm.params,
                 flops=m.flops, flops_reduction=(bm.flops / m.flops) if m.flops else None,
@@ -425,7 +452,8 @@ class _GroupContext:
                 test_stride=ev.test_stride, finetune_epochs=epochs_run, note=note,
                 seconds=round(time.time() - t0, 2), error=None)
         except Exception as e:
-            return _record(cell, self.spec, common, context_length=self.base.context_length, note=note,
+            return _record(cell, self.spec, common, weights=self.weights, method=method_label(cell, self.weights),
+                           context_length=self.base.context_length, note=note,
                            test_stride=ev.test_stride, seconds=round(time.time() - t0, 2), error=_error(e))
 
 

@@ -30,7 +30,8 @@ def test_when_a_single_cell_runs_from_the_shell_then_one_record_has_every_field(
     assert main(argv) == 0
     (rec,) = read_results(out)
     assert set(RECORD_FIELDS) <= set(rec)
-    assert rec["error"] is None and rec["method"] == "prune" and rec["finetuned"] is False
+    assert rec["error"] is None and rec["method"] == "prune (untrained model)" and rec["finetuned"] is False
+    assert rec["weights"] == "untrained"
     assert rec["command"].startswith("python -m benchmarks run --model transformer")
     assert 0 < rec["relative_size"] < 1 and rec["flops_reduction"] > 1 and rec["speedup"] > 0
     assert rec["mse"] > 0 and rec["mae"] > 0 and rec["n_windows"] > 0 and rec["threads"] == 1
@@ -49,7 +50,7 @@ def test_when_a_cell_fails_then_its_error_is_recorded_and_the_grid_goes_on(tmp_p
         by_model.setdefault(r["model"], []).append(r)
     assert len(by_model["no_such_model"]) == 2  # baseline + one pruned cell
     assert all("unknown model family 'no_such_model'" in r["error"] for r in by_model["no_such_model"])
-    assert [r["method"] for r in by_model["transformer"]] == ["zero-shot", "prune"]
+    assert [r["method"] for r in by_model["transformer"]] == ["untrained (random init)", "prune (untrained model)"]
     assert all(r["error"] is None for r in by_model["transformer"])
     base = by_model["transformer"][0]
     assert base["ratio"] == 0 and base["criterion"] == "none" and base["mse"] == base["baseline_mse"]

@@ -83,7 +83,7 @@ from torch import Tensor, nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["measure", "Measurement", "count_flops", "FLOP_FORMULAS", "PRUNABLE_TYPES"]
+__all__ = ["measure", "Measurement", "count_flops", "interleaved_latency", "FLOP_FORMULAS", "PRUNABLE_TYPES"]
 
 aten = torch.ops.aten
 
@@ -761,6 +761,55 @@ def measure(
         backend=backend,
         trainable_params=n_trainable,
     )
+
+
+def interleaved_latency(models: dict[str, nn.Module], example_inputs: Any, *, rounds: int = 3, repeats: int = 5,
+                        threads: int = 1) -> dict[str, tuple[float, float]]:
+    """(median, IQR) ms of one forward of each model, timed in alternating rounds.
+
+    Why: a speedup is a ratio of two timings, and on a shared machine the load changes by the
+    minute; timing the baseline once and the pruned models later mixes two machines. Here
+    every round times every model once (`repeats` blocks each, as `measure` does), so all
+    models share whatever load there is; the result is the median over rounds.
+
+    Args:
+        models: name -> model (e.g. ``{"original": model, "pruned": small}``); put in eval
+            mode for the timing, training flags restored afterwards.
+        example_inputs: one batch, as for `measure`.
+        rounds: alternating rounds (>= 1).
+        repeats: timed blocks per model per round (>= 1).
+        threads: torch intra-op threads for the timing.
+
+    Returns:
+        name -> (median latency ms, median IQR ms).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> big, small = nn.Linear(64, 64), nn.Linear(64, 8)
+        >>> t = interleaved_latency({"big": big, "small": small}, torch.randn(4, 64), rounds=2, repeats=2)
+        >>> sorted(t), all(ms > 0 for ms, _ in t.values())
+        (['big', 'small'], True)
+    """
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"rounds and repeats must be >= 1, got rounds={rounds}, repeats={repeats}")
+    flags = [(m, m.training) for model in models.values() for m in model.modules()]
+    prior_threads = torch.get_num_threads()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
+    try:
+        torch.set_num_threads(threads)
+        for model in models.values():
+            model.eval()
+        with torch.no_grad():
+            for _ in range(rounds):
+                for name, model in models.items():
+                    times[name].append(_latency(_call(model, example_inputs), repeats, threads))
+    finally:
+        torch.set_num_threads(prior_threads)
+        for m, training in flags:
+            m.training = training
+    return {name: (float(np.median([t[0] for t in ts])), float(np.median([t[1] for t in ts])))
+            for name, ts in times.items()}
 
 
 def _onnx_latency(model: nn.Module, example_inputs: Any, repeats: int, threads: int) -> tuple[float, float]:

@@ -200,7 +200,8 @@ def _plot_accuracy(records: List[dict], path: str) -> str:
     n = len(panels)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False,
+                             layout="constrained")  # room for titles and labels: nothing clipped, no tight-layout warning
     for ax, (model, dataset, horizon) in zip(axes.flat, panels):
         rs = [r for r in records if (r["model"], r["dataset"], r["horizon"]) == (model, dataset, horizon)]
         base = [r for r in rs if _is_base(r) and not r.get("finetuned")]
@@ -237,7 +238,6 @@ def _plot_accuracy(records: List[dict], path: str) -> str:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("Accuracy vs density (lower MSE is better; right to left = more pruning)", fontsize=11)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return os.path.basename(path)
@@ -245,7 +245,7 @@ def _plot_accuracy(records: List[dict], path: str) -> str:
 
 def _plot_speedup(records: List[dict], path: str) -> str:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), layout="constrained")
     models = list(OrderedDict.fromkeys(r["model"] for r in sorted(records, key=_sorter(records))))
     hi = max(max(r["flops_reduction"], r.get("speedup") or 0) for r in records) * 1.1
     ax.plot([1, hi], [1, hi], color="grey", ls="--", lw=1)
@@ -271,7 +271,6 @@ def _plot_speedup(records: List[dict], path: str) -> str:
     ax.set_ylim(min(0.8, min(r["speedup"] for r in records if r.get("speedup")) * 0.95), hi)
     ax.grid(alpha=0.3)
     ax.set_title("Structured pruning: measured speedup vs FLOPs reduction", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return os.path.basename(path)

@@ -35,7 +35,7 @@ from .models.base import pruning_hooks
 from .criteria.base import split_batch
 
 __all__ = ["activation_probability", "activation_sparsity", "head_output_norms", "importance_distribution",
-           "plot_activation_sparsity", "plot_head_norms", "plot_importance"]
+           "plot_activation_sparsity", "plot_head_norms", "plot_importance", "short_names"]
 
 
 def _traced(model: nn.Module, batches: Sequence, kinds: Tuple[str, ...], ignore=(), heads=None):
@@ -54,7 +54,15 @@ def _traced(model: nn.Module, batches: Sequence, kinds: Tuple[str, ...], ignore=
     order = {id(m): i for i, m in enumerate(model.modules())}
     groups = sorted((g for g in pg.groups if g.kind in kinds), key=lambda g: order.get(id(g.site), 0))  # layer order
     if not groups:
-        raise G.GraphBuildError(f"no {' or '.join(kinds)} units found in {type(model).__name__}")
+        name = type(model).__name__
+        if kinds == ("heads",):
+            raise G.GraphBuildError(
+                f"{name} has no attention heads that compress recognises (an MLP-Mixer such as TTM has none), so "
+                "head_output_norms has nothing to measure. For hand-written attention pass heads={module_or_name: "
+                "n_heads}; activation_sparsity and importance_distribution(units=('ffn',)) need no heads.")
+        raise G.GraphBuildError(f"no {' or '.join(kinds)} units found in {name}: the analyses read FFN channels "
+                                "(a Linear -> activation -> Linear pair) and attention heads; pass heads= for "
+                                "hand-written attention, or ignore= to skip modules that break the trace")
     return model, groups, batches
 
 
@@ -135,20 +143,77 @@ def _figure(width: float, height: float):
     try:
         from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
     except ImportError:  # pragma: no cover
-        raise ImportError("the compress.analysis plots need matplotlib: pip install 'compress[bench]'") from None
+        raise ImportError("the compress.analysis plots need matplotlib: pip install 'compress-tsfm[bench]'") from None
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    # constrained layout makes room for rotated tick labels and titles (tight_layout warns
+    # when it cannot, and then clips)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _short(names: Sequence[str]) -> list:
-    return [n.rsplit(".", 1)[0] for n in names]
+def short_names(names: Sequence[str], max_len: int = 28) -> Tuple[list, str]:
+    """Readable, still distinct layer labels for `names` (group names such as
+    ``model.backbone.encoder.mixers.0.mixer_layers.1.patch_mixer.mlp.fc1.ffn``).
+
+    Drops the unit kind (``.ffn`` / ``.heads``), the dotted prefix and suffix all names
+    share, then words every name has (keeping indices); if still longer than `max_len`, keeps
+    the indices and the last word (after the first word, where that differs: ``encoder:``
+    / ``decoder:``), and finally cuts what is still too long from the left ("…"). Names stay
+    distinct at every step.
+
+    Returns:
+        (labels, the common prefix that was dropped, for an axis label).
+
+    Example:
+        >>> short_names(["m.enc.layers.0.ff.0.ffn", "m.enc.layers.1.ff.0.ffn"])
+        (['0', '1'], 'm.enc.layers')
+    """
+    parts = [n.split(".") for n in names]
+    parts = [p[:-1] if len(p) > 1 and p[-1] in ("ffn", "heads") else p for p in parts]
+    if len(parts) < 2:
+        return [".".join(p[-2:]) for p in parts], ".".join(parts[0][:-2]) if parts else ""
+
+    def distinct(cand):
+        return len(set(map(tuple, cand))) == len(cand) and all(cand)
+
+    pre = 0
+    while all(len(p) > pre + 1 for p in parts) and len({p[pre] for p in parts}) == 1:
+        pre += 1
+    prefix = ".".join(parts[0][:pre])
+    parts = [p[pre:] for p in parts]
+    suf = 0
+    while all(len(p) > suf + 1 for p in parts) and len({p[-1 - suf] for p in parts}) == 1:
+        suf += 1
+    if suf and distinct([p[:-suf] for p in parts]):
+        parts = [p[:-suf] for p in parts]
+    if max(len(".".join(p)) for p in parts) > max_len:
+        everywhere = set.intersection(*(set(p) for p in parts))
+        cand = [[t for t in p if t.isdigit() or t not in everywhere] for p in parts]
+        if distinct(cand):
+            parts = cand
+    if max(len(".".join(p)) for p in parts) > max_len:  # still long: the indices and the last word,
+        heads = {p[0] for p in parts}                    # after the first word where that differs
+        cand = [([p[0] + ":"] if len(heads) > 1 and not p[0].isdigit() else [])
+                + [t for t in p[1:-1] if t.isdigit()] + [p[-1]] for p in parts]
+        if distinct(cand):
+            parts = [[c[0] + ".".join(c[1:])] if c[0].endswith(":") else c for c in cand]
+    labels = [".".join(p) for p in parts]
+    cut = ["…" + lab[-(max_len - 1):] if len(lab) > max_len else lab for lab in labels]
+    return (cut if len(set(cut)) == len(cut) else labels), prefix
+
+
+def _layer_axis(ax, names: Sequence[str]) -> None:
+    labels, prefix = short_names(names)
+    ax.set_xticks(range(len(names)))
+    longest = max(len(lab) for lab in labels)
+    ax.set_xticklabels(labels, rotation=0 if longest * len(labels) < 60 else 45,
+                       ha="center" if longest * len(labels) < 60 else "right", fontsize=8)
+    ax.set_xlabel(f"layer ({prefix}.…)" if prefix else "layer", fontsize=8)
 
 
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(path)
     return path
 
@@ -165,9 +230,8 @@ def plot_activation_sparsity(sparsity: Dict[str, float], path, *, threshold: flo
     names = list(sparsity)
     fig, ax = _figure(max(5.0, 0.45 * len(names) + 2), 3.6)
     ax.bar(range(len(names)), [100 * sparsity[n] for n in names], color="#4C72B0")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(_short(names), rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(f"FFN channels with P(active) < {threshold:.0%} (%)")
+    _layer_axis(ax, names)
+    ax.set_ylabel(f"FFN channels with\nP(active) < {threshold:.0%} (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title or "Low-activation FFN channels per layer")
     return _save(fig, path)
@@ -187,8 +251,7 @@ def plot_head_norms(norms: Dict[str, torch.Tensor], path, *, title: Optional[str
     ax.boxplot(data, positions=list(range(len(names))), widths=0.6, showfliers=False)
     for i, d in enumerate(data):
         ax.scatter([i] * len(d), d, s=8, alpha=0.6, color="#DD8452", zorder=3)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(_short(names), rotation=60, ha="right", fontsize=7)
+    _layer_axis(ax, names)
     ax.set_ylabel("head output norm / input norm")
     ax.set_title(title or "Relative output norm of attention heads per layer")
     return _save(fig, path)

@@ -97,3 +97,60 @@ def test_plots_write_png_files(tmp_path):
 
 def test_analysis_is_reachable_lazily_from_the_package():
     assert compress.analysis is analysis
+
+
+def _ttm_tiny():
+    model = compress.models.load("ttm", size="tiny")
+    data = compress.data.load("ETTh1", model.context_length, model.horizon, "val").batches(4, limit=1)
+    return model, data
+
+
+def test_when_a_model_has_no_attention_heads_then_the_ffn_analyses_work_and_the_head_one_explains():
+    model, data = _ttm_tiny()  # TTM: an MLP-Mixer, FFN channels but no attention
+    sparsity = analysis.activation_sparsity(model, data)
+    assert sparsity and all(0 <= v <= 1 for v in sparsity.values())
+    scores = analysis.importance_distribution(model, data)  # default units ("ffn", "heads"): the FFNs only
+    assert set(scores) == set(sparsity) and all(name.endswith(".ffn") for name in scores)
+    with pytest.raises(compress.graph.GraphBuildError) as e:
+        analysis.head_output_norms(model, data)
+    msg = str(e.value)
+    assert "TTMForecaster has no attention heads" in msg and "importance_distribution(units=('ffn',))" in msg
+
+
+def test_when_plotting_long_layer_names_then_labels_are_short_distinct_unclipped_and_nothing_warns(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    model, data = _ttm_tiny()
+    sparsity = analysis.activation_sparsity(model, data)
+    assert max(len(n) for n in sparsity) > 60  # the group names are long
+    figures = []
+    save = analysis._save
+    monkeypatch.setattr(analysis, "_save", lambda fig, path: (figures.append(fig), save(fig, path))[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analysis.plot_activation_sparsity(sparsity, tmp_path / "s.png")
+        analysis.plot_importance(analysis.importance_distribution(model, data), tmp_path / "i.png")
+        analysis.plot_head_norms({f"model.encoder.layers.{i}.self_attn.heads": torch.rand(4) for i in range(12)},
+                                 tmp_path / "h.png")
+    assert [str(w.message) for w in caught] == []
+    for fig in figures:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()  # the layout as saved (constrained layout runs at draw time)
+        renderer = canvas.get_renderer()
+        box = fig.bbox
+        for ax in fig.axes:  # everything drawn (tick labels, axis labels, title) lies inside the image
+            ext = ax.get_tightbbox(renderer)
+            assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1 and ext.y1 <= box.y1 + 1, ext
+    labels = [t.get_text() for t in figures[0].axes[0].get_xticklabels()]
+    assert len(set(labels)) == len(labels) == len(sparsity) and max(map(len, labels)) <= 28
+
+
+def test_short_names_keep_names_distinct():
+    names = [f"model.backbone.encoder.mixers.{i}.mixer_layers.{j}.{k}.mlp.fc1.ffn"
+             for i in range(2) for j in range(2) for k in ("patch_mixer", "feature_mixer")]
+    labels, prefix = analysis.short_names(names)
+    assert len(set(labels)) == len(names) and prefix == "model.backbone.encoder.mixers"
+    assert labels[:2] == ["0.0.patch_mixer", "0.0.feature_mixer"]

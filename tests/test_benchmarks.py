@@ -88,7 +88,12 @@ def test_when_reporting_a_results_file_then_report_md_and_both_plots_are_written
             _record("a", "unstructured", 0.5, 0.6), _record("a", "structured", 0.5, 0.52, 2.0, 1.3, finetuned=True),
             _record("b", "structured", 0.5, None, error="ValueError: boom")]
     res.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    path = write_report([str(res)], str(tmp_path / "rep"))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # constrained layout: no tight-layout warnings
+        warnings.simplefilter("always")
+        path = write_report([str(res)], str(tmp_path / "rep"))
+    assert [str(w.message) for w in caught] == []
     text = open(path).read()
     assert "python -m benchmarks run --config x.toml" in text
     assert "+40.0%" in text and "ValueError: boom" in text

@@ -149,7 +149,8 @@ def plot(path=DEFAULT, out=None):
     n = len(recs)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False,
+                             layout="constrained")
     for ax, r in zip(axes.flat, recs):
         x = list(range(len(r["blocks"])))
 
@@ -168,7 +169,6 @@ def plot(path=DEFAULT, out=None):
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
     out = out or os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "block_scores.png")
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")

@@ -15,12 +15,19 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _no_env_data_dir(monkeypatch):
+def _no_env_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("COMPRESS_DATA_DIR", raising=False)
+    monkeypatch.setenv("COMPRESS_DATA", str(tmp_path / "empty_download_cache"))
 
 
 def _raw_etth1():
     return np.loadtxt(EMBEDDED, delimiter=",", skiprows=1, usecols=range(1, 8))  # [17420, 7]
+
+
+def _ts(i, step_minutes=60):
+    """ISO timestamp of row i of a regular series (2020-01-01 00:00 + i steps)."""
+    t = np.datetime64("2020-01-01T00:00") + np.timedelta64(i * step_minutes, "m")
+    return str(t).replace("T", " ") + ":00"
 
 
 def _write(path, text):
@@ -35,7 +42,7 @@ def _csv(path, n_rows, n_channels=2, header=None):
         w = csv.writer(f)
         w.writerow(header)
         for i in range(n_rows):
-            w.writerow([f"2020-01-01 {i}"] + [f"{v:.6f}" for v in rng.normal(size=len(header) - 1)])
+            w.writerow([_ts(i)] + [f"{v:.6f}" for v in rng.normal(size=len(header) - 1)])
     return path
 
 
@@ -177,7 +184,7 @@ def test_weather_loads_with_21_channels():
 def test_latin1_file_reads(tmp_path):
     path = tmp_path / "w.csv"
     path.write_bytes("date,SWDR (W/m\xb2),OT\r\n".encode("latin-1") + b"".join(
-        f"2020-01-01 {i},{i}.5,{i}\r\n".encode() for i in range(200)))
+        f"{_ts(i)},{i}.5,{i}\r\n".encode() for i in range(200)))
     ds = data.load(path, 24, 12)
     assert ds.columns == ["SWDR (W/m\xb2)", "OT"]
 
@@ -243,8 +250,8 @@ def test_no_numeric_columns(tmp_path):
 
 
 def test_nans_are_reported_with_column_and_rows(tmp_path):
-    lines = ["date,a,b"] + [f"d{i},{i},{'' if i in (7, 9) else i}" for i in range(200)]
-    lines[1 + 150] = "d150,nan,150"
+    lines = ["date,a,b"] + [f"{_ts(i)},{i},{'' if i in (7, 9) else i}" for i in range(200)]
+    lines[1 + 150] = f"{_ts(150)},nan,150"
     path = _write(tmp_path / "n.csv", "\n".join(lines) + "\n")
     with pytest.raises(ValueError) as e:
         data.load(path, 24, 12)
@@ -257,14 +264,14 @@ def test_nans_are_reported_with_column_and_rows(tmp_path):
 
 
 def test_nan_in_a_column_not_selected_is_fine(tmp_path):
-    lines = ["date,a,b"] + [f"d{i},{i},{'' if i == 5 else i}" for i in range(200)]
+    lines = ["date,a,b"] + [f"{_ts(i)},{i},{'' if i == 5 else i}" for i in range(200)]
     path = _write(tmp_path / "n.csv", "\n".join(lines) + "\n")
     assert data.load(path, 24, 12, columns=["a"]).n_channels == 1
 
 
 def test_text_in_a_numeric_column_names_the_line(tmp_path):
-    lines = ["date,a"] + [f"d{i},{i}" for i in range(50)]
-    lines[11] = "d10,oops"
+    lines = ["date,a"] + [f"{_ts(i)},{i}" for i in range(50)]
+    lines[11] = f"{_ts(10)},oops"
     path = _write(tmp_path / "x.csv", "\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="'a'.*line 12.*oops"):
         data.load(path, 4, 2)

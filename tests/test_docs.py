@@ -6,7 +6,7 @@ import pytest
 
 MODULES = ["compress.api", "compress.criteria.base", "compress.criteria.taylor", "compress.criteria.magnitude",
            "compress.measure", "compress.sparse", "compress.strategies.base", "compress.data", "compress.data.windows", "compress.data.loaders",
-           "compress.data.generate", "compress.graph", "compress.graph.attention", "compress.graph.mha",
+           "compress.data.generate", "compress.data.timestamps", "compress.graph", "compress.graph.attention", "compress.graph.mha",
            "compress.graph.builder", "compress.graph.kinds", "compress.graph.masks", "compress.models.base", "compress.finetune", "compress.finetune.trainer"]
 
 

@@ -14,6 +14,9 @@ literature uses, so that numbers measured here are comparable with published one
   first forecast target of the test split is the first test row.
 - Every channel is z-scored with the mean and (population) standard deviation of the
   training rows only, as scikit-learn's ``StandardScaler`` fitted on the train split.
+- The ``date`` column is checked: rows out of order, repeated timestamps and irregular
+  steps are an error (or sorted / deduplicated on request, ``timestamps=``), except the
+  known quirks of the standard weather.csv, which load unchanged with a warning.
 
 It is hand-written (``csv`` + numpy, no pandas) to keep ``import compress`` light and
 the borders explicit and tested rather than implied by a dataframe library's defaults.
@@ -33,6 +36,7 @@ from __future__ import annotations
 from ._checks import SPLITS
 from .generate import synthetic
 from .loaders import available, load
+from .timestamps import TimestampWarning
 from .windows import WindowDataset, from_array
 
-__all__ = ["WindowDataset", "available", "from_array", "load", "synthetic"]
+__all__ = ["TimestampWarning", "WindowDataset", "available", "from_array", "load", "synthetic"]

@@ -8,12 +8,14 @@ the split with the literature's borders (ETT 12/4/4 months, the rest 70/10/20 %)
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from . import timestamps as _timestamps
 from ._checks import _check_finite, _check_positive_int, _check_split
 from .windows import _STANDARD_RATIOS, WindowDataset, _make_split, _ratio_borders
 
@@ -75,6 +77,7 @@ def load(
     scale: bool = True,
     columns: Sequence[str] | None = None,
     data_dir: str | os.PathLike | None = None,
+    timestamps: str = "check",
 ) -> WindowDataset:
     """Load a benchmark (by name) or a CSV (by path) as windows of one split.
 
@@ -87,7 +90,9 @@ def load(
     set's borders; any other CSV gets the 70/10/20 borders.
 
     The CSV's ``date`` column and other non-numeric columns are dropped; all numeric
-    columns are kept in file order.
+    columns are kept in file order. The ``date`` column is checked first (see
+    ``timestamps``): rows out of time order, repeated timestamps and irregular steps are an
+    error by default, because windows over them would be silently wrong.
 
     Args:
         name_or_path: dataset name or path to a CSV file.
@@ -98,6 +103,13 @@ def load(
         scale: z-score with the training rows' per-channel mean and std.
         columns: names of the channels to keep (in this order); ``None`` keeps all.
         data_dir: directory searched first for named datasets.
+        timestamps: what to do with the ``date`` column: "check" (default: rows out of
+            order, repeated timestamps or an irregular step are a ``ValueError`` naming
+            them; the known quirks of the standard weather.csv only warn, so its published
+            borders hold), "sort" (sort rows by time), "dedupe" (sort, keep the first row of
+            each repeated timestamp); with "sort" / "dedupe" a remaining irregular step is a
+            ``TimestampWarning``; "ignore" (file order, unchecked). See
+            ``compress.data.timestamps``.
 
     Returns:
         A ``WindowDataset`` whose items are ``(past[L, C], future[H, C])`` float32.
@@ -105,7 +117,8 @@ def load(
     Raises:
         FileNotFoundError: the file is missing (the message lists where it looked).
         ValueError: unknown name, bad split, bad lengths, empty file, no numeric
-            columns, missing values, unknown columns, series too short.
+            columns, missing values, unknown columns, series too short, timestamps out of
+            order / repeated / irregular / unreadable (under ``timestamps="check"``).
 
     Example:
         >>> train = load("ETTh1", context_length=96, horizon=96, split="train")
@@ -116,11 +129,19 @@ def load(
     _check_positive_int("horizon", horizon)
     _check_positive_int("stride", stride)
     _check_split(split)
+    if timestamps not in _timestamps.POLICIES:
+        raise ValueError(
+            f"timestamps={timestamps!r} is not a policy; use one of "
+            f"{_timestamps.POLICIES} (default 'check')"
+        )
 
     path, dataset = _resolve(name_or_path, data_dir)
-    header, numeric, lines = _read_csv(path)
+    header, numeric, lines, times = _read_csv(path)
     selected = _select_columns(path, header, numeric, columns)
     values = np.stack([numeric[c] for c in selected], axis=1)  # [T, C]
+    order = _timestamps.apply(path, times, lines, timestamps, dataset)
+    if order is not None:
+        values, lines = values[order], lines[order]
     _check_finite(path, values, selected, lines)
 
     name = dataset if dataset is not None else path.stem
@@ -203,17 +224,20 @@ def _resolve(name_or_path, data_dir) -> tuple[Path, str | None]:
     return path, _STEMS.get(path.stem.lower())
 
 
-_CSV_CACHE: dict[tuple, tuple] = {}
+_CSV_CACHE: dict[str, tuple] = {}
 _CSV_CACHE_SIZE = 4
 
 
 def _read_csv(path: Path):
-    """Parse a CSV into (header, {column: float64 [T]}, line numbers [T]). Cached."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    """Parse a CSV into (header, {column: float64 [T]}, line numbers [T], Times).
+
+    Cached on the sha256 of the bytes (not on path, size and mtime: a file rewritten with
+    the same size within the file system's mtime resolution would be served stale).
+    """
+    raw = path.read_bytes()
+    key = hashlib.sha256(raw).hexdigest()
     if key in _CSV_CACHE:
         return _CSV_CACHE[key]
-    raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -240,14 +264,23 @@ def _read_csv(path: Path):
         raise ValueError(f"{path} has a header but no data rows; expected one row per time step")
 
     numeric: dict[str, np.ndarray] = {}
+    date_column = None
     for j, col in enumerate(header):
-        if col.strip().lower() == "date" or col in numeric:
-            continue  # timestamps are never a channel; duplicate names keep the first
+        if col.strip().lower() == "date":
+            if date_column is None:
+                date_column = j
+            continue  # timestamps are never a channel
+        if col in numeric:
+            continue  # duplicate names keep the first
         cells = [row[j] for row in rows]
         parsed = _parse_column(path, col, cells, lines)
         if parsed is not None:
             numeric[col] = parsed
-    result = (header, numeric, np.asarray(lines))
+    if date_column is None:
+        times = _timestamps.parse(None, ())
+    else:
+        times = _timestamps.parse(header[date_column], [row[date_column] for row in rows])
+    result = (header, numeric, np.asarray(lines), times)
     if len(_CSV_CACHE) >= _CSV_CACHE_SIZE:
         _CSV_CACHE.pop(next(iter(_CSV_CACHE)))
     _CSV_CACHE[key] = result

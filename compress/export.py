@@ -69,7 +69,7 @@ def onnx_session(path: str, threads: int = 1):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ImportError("onnxruntime is not installed: pip install onnxruntime (or the bench extra)") from None
+        raise ImportError("onnxruntime is not installed: pip install 'compress-tsfm[speed]' (or 'onnxruntime==1.32.0')") from None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

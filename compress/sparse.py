@@ -22,7 +22,7 @@ tiles of the transposed input stay in L2 while every row streams them, SIMD over
 rows of jobs split with ``prange`` across threads). Neither wins on the classic models'
 small shapes (64x64 at 96 tokens): dense MKL runs at ~50 GFMA/s per core there and the
 kernels' per-call overhead dominates. Which one is faster depends on the shape, so
-`sparsify` measures both (``kernel="auto"``). Without numba (``pip install numba``) torch_csr
+`sparsify` measures both (``kernel="auto"``). Without numba (``pip install 'compress-tsfm[speed]'``) torch_csr
 is used alone, and a `SparseLinear` whose kernel cannot run decompresses and multiplies
 dense, so a saved sparse model always loads and runs.
 
@@ -631,7 +631,7 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.7, example_inputs: Any = 
     elif isinstance(crossover, bool) or not isinstance(crossover, (int, float)) or not 0.0 <= crossover <= 1.0:
         raise ValueError(f"crossover={crossover!r} must be a density in [0, 1] (or None to measure)")
     if kernel == "numba" and not kernel_available("numba"):
-        warnings.warn("sparsify: numba is not installed (pip install numba): using torch's CSR kernel "
+        warnings.warn("sparsify: numba is not installed (pip install 'compress-tsfm[speed]'): using torch's CSR kernel "
                       "(kernel='torch_csr') where it beats dense", stacklevel=2)
         kernel = "torch_csr"
     choices = _sparse_kernels() if kernel == "auto" else (kernel,)

@@ -9,12 +9,12 @@ from the paper) so that everything architecture-specific lives in exactly one fi
 from __future__ import annotations
 
 import os
-from typing import Callable, ClassVar, Dict, List, Optional
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["Forecaster", "PruningHooks", "pruning_hooks", "register", "available", "load", "get_adapter",
+__all__ = ["Forecaster", "PruningHooks", "pruning_hooks", "register", "available", "status", "load", "get_adapter",
            "build_record", "check_config_keys"]
 
 _REGISTRY: Dict[str, type] = {}
@@ -44,16 +44,38 @@ def _import_adapters() -> None:
     from . import _zoo  # noqa: F401
 
 
-def available() -> List[str]:
+def available(installed_only: bool = False) -> List[str]:
     """Names of the registered model families.
+
+    Args:
+        installed_only: only the families whose packages are installed here (checked
+            without importing them); `status()` says what the others miss and how to
+            install it.
 
     Example:
         >>> import compress
-        >>> "transformer" in compress.models.available()    # doctest: +SKIP
+        >>> "transformer" in compress.models.available(installed_only=True)   # built in: always
         True
     """
     _import_adapters()
-    return sorted(_REGISTRY)
+    if not installed_only:
+        return sorted(_REGISTRY)
+    from .packages import installed
+
+    return sorted(n for n, cls in _REGISTRY.items() if all(installed(m) for m in cls.requires))
+
+
+def status() -> Dict[str, "object"]:
+    """`{family: FamilyStatus(installed, requires, missing, install)}` for every family.
+
+    Example:
+        >>> import compress
+        >>> compress.models.status()["transformer"].installed
+        True
+    """
+    from .packages import status as _status
+
+    return _status()
 
 
 def get_adapter(name: str) -> type:
@@ -65,12 +87,16 @@ def get_adapter(name: str) -> type:
 
 
 def load(name, pretrained: Optional[str] = None, size: str = "small", *, allow_pickle: bool = False,
-         **config) -> "Forecaster":
+         verbose: bool = False, **config) -> "Forecaster":
     """Build a forecaster by family name, or load one saved with `Forecaster.save(dir)`.
 
     A registered family name always means the family, even if a directory of that name
     exists in the working directory: load such a directory as ``"./transformer"``.
-    Whatever the source, the model comes back in eval mode (call `.train()` to train it).
+    Whatever the source, the model comes back in eval mode (dropout off; call `.train()`
+    to train it). The model libraries' progress bars and info logs are held back during the
+    load (warnings still show); `verbose=True` lets them through. A family whose package is
+    not installed raises `compress.models.packages.MissingPackageError`, which names the
+    package and the command that installs it (`status()` says what is installed).
 
     Args:
         name: a family from `available()`, or a directory written by `Forecaster.save`.
@@ -80,6 +106,7 @@ def load(name, pretrained: Optional[str] = None, size: str = "small", *, allow_p
             reference configuration of the family).
         allow_pickle: also read directories saved in the old pickled layout (runs code
             from the file; warns). See `compress.models.saving.convert_legacy`.
+        verbose: show the model libraries' own progress bars and info logs.
         **config: overrides of the family's configuration (context_length, horizon, ...);
             unknown keys are an error.
 
@@ -100,9 +127,29 @@ def load(name, pretrained: Optional[str] = None, size: str = "small", *, allow_p
                              f"(got {sorted(config) + (['pretrained'] if pretrained is not None else [])})")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"no saved model at {path!r} (no such directory)")
-        return saving.load(path, allow_pickle=allow_pickle)
+        return saving.load(path, allow_pickle=allow_pickle, verbose=verbose)
     cls = get_adapter(path)
-    return cls.build(pretrained=pretrained, size=size, **config).eval()
+    return build_quietly(cls, verbose, pretrained=pretrained, size=size, **config)
+
+
+def build_quietly(cls, verbose: bool = False, build: Optional[Callable] = None, **kw) -> "Forecaster":
+    """`cls.build(**kw)` (or `build(**kw)`) in eval mode, without the libraries' set-up noise
+    (`compress.models._quiet`) unless `verbose`, and with a `MissingPackageError` naming the
+    package and its install command when the family's package is not installed."""
+    import contextlib
+
+    from ._quiet import quiet_loading
+    from .packages import MissingPackageError, check_installed
+
+    check_installed(cls.family, cls.requires)
+    try:
+        with contextlib.nullcontext() if verbose else quiet_loading(cls.requires):
+            model = (build or cls.build)(**kw)
+    except ModuleNotFoundError as e:  # a package the family's package imports
+        if e.name is None or isinstance(e, MissingPackageError):
+            raise
+        raise MissingPackageError(cls.family, [e.name], cause=f"No module named {e.name!r}") from e
+    return model.eval()
 
 
 def check_config_keys(family: str, given, known, hint: str = "") -> None:
@@ -227,6 +274,9 @@ class Forecaster(PruningHooks, nn.Module):
     """
 
     family: ClassVar[str] = "forecaster"
+    #: top-level modules the family imports beyond torch (`compress.models.packages` maps them
+    #: to distributions); `load` checks them first and names the missing ones
+    requires: ClassVar[Tuple[str, ...]] = ()
     CONFIG_FILE: ClassVar[str] = "compress_config.json"  # the description (compress.models.saving)
     WEIGHTS_FILE: ClassVar[str] = "model.safetensors"
 

@@ -66,6 +66,8 @@ class ChronosBoltForecaster(Forecaster):
         torch.Size([2, 16, 3])
     """
 
+    requires = ("chronos", "transformers")
+
     @classmethod
     def build(cls, pretrained: Optional[str] = None, size: str = "small", **config) -> "ChronosBoltForecaster":
         """Args:

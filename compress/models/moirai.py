@@ -126,6 +126,8 @@ class MoiraiForecaster(Forecaster):
         torch.Size([2, 8, 3])
     """
 
+    requires = ("uni2ts", "gluonts", "einops")
+
     def __init__(self, model: nn.Module, context_length: int, horizon: int, patch_size: int, **kw):
         super().__init__(model, context_length, horizon, **kw)
         self.patch_size = int(patch_size)

@@ -79,6 +79,8 @@ class MomentForecaster(Forecaster):
         torch.Size([2, 16, 3])
     """
 
+    requires = ("momentfm", "transformers")
+
     @classmethod
     def build(cls, pretrained: Optional[str] = None, size: str = "small", **config) -> "MomentForecaster":
         """Args:

@@ -87,6 +87,8 @@ class PatchTSTForecaster(Forecaster):
         torch.Size([2, 8, 7])
     """
 
+    requires = ("transformers",)
+
     @classmethod
     def build(cls, pretrained: Optional[str] = None, size: str = "small", **config) -> "PatchTSTForecaster":
         """Args:

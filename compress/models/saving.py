@@ -494,7 +494,7 @@ def _place_tensors(model: nn.Module, meta: dict, path: str) -> None:
                               f"{sorted(expected - have)[:5]}, not in the file {sorted(have - expected)[:5]}")
 
 
-def load(directory, allow_pickle: bool = False) -> nn.Module:
+def load(directory, allow_pickle: bool = False, verbose: bool = False) -> nn.Module:
     """Rebuild a forecaster saved with `save` (in eval mode).
 
     Args:
@@ -502,6 +502,7 @@ def load(directory, allow_pickle: bool = False) -> nn.Module:
         allow_pickle: also read the pre-0.2 pickled layout (``model.pt``); this runs code
             from the file, so only for files you trust. It warns; convert such
             directories once with `convert_legacy`.
+        verbose: show the model libraries' progress bars and info logs while rebuilding.
 
     Returns:
         The forecaster, in eval mode, on the CPU.
@@ -509,7 +510,7 @@ def load(directory, allow_pickle: bool = False) -> nn.Module:
     Example:
         >>> again = compress.models.load("runs/ttm-pruned")   # doctest: +SKIP
     """
-    from .base import _import_adapters, get_adapter
+    from .base import _import_adapters, build_quietly, get_adapter
 
     directory = os.fspath(directory)
     meta = _read_description(directory)
@@ -532,7 +533,7 @@ def load(directory, allow_pickle: bool = False) -> nn.Module:
         raise SavedModelError(f"{directory!r}: {e}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = cls._skeleton(meta)
+        model = build_quietly(cls, verbose, build=cls._skeleton, meta=meta)
         if meta.get("prepared"):
             model.prepare_for_pruning()
     _remove_blocks(model, meta.get("removed_blocks") or {})

@@ -62,6 +62,8 @@ class TimesFMForecaster(Forecaster):
         torch.Size([2, 16, 3])
     """
 
+    requires = ("transformers",)
+
     @classmethod
     def build(cls, pretrained: Optional[str] = None, size: str = "small", **config) -> "TimesFMForecaster":
         """Args:

@@ -55,6 +55,8 @@ class TTMForecaster(Forecaster):
         torch.Size([4, 96, 7])
     """
 
+    requires = ("tsfm_public", "transformers")
+
     @classmethod
     def build(cls, pretrained: Optional[str] = None, size: str = "small", **config) -> "TTMForecaster":
         """Args:

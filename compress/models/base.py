@@ -370,6 +370,32 @@ class Forecaster(PruningHooks, nn.Module):
 
         return saving.save(self, directory, layouts=layouts)
 
+    def save_pretrained(self, directory, **kw) -> str:
+        """Write the model in its family's own ``save_pretrained`` layout (loads without
+        compress); see `compress.models.native.save_pretrained` for which prunings allow it.
+
+        Example:
+            >>> small.save_pretrained("runs/patchtst-hf")   # doctest: +SKIP
+        """
+        from .native import save_pretrained
+
+        return save_pretrained(self, directory, **kw)
+
+    def native_config(self):
+        """The family library's config with the pruned sizes (FFN widths, head counts, layer
+        counts read off the modules), for `save_pretrained`.
+
+        Raises `compress.models.native.NativeLayoutError` where no config of the family can
+        describe the model (the default: the family has no such layout).
+        """
+        from .native import no_native_layout
+
+        raise no_native_layout(self.family)
+
+    def native_state_dict(self) -> dict:
+        """The tensors `save_pretrained` writes (default: the inner model's state dict)."""
+        return self.model.state_dict()
+
     @classmethod
     def load_dir(cls, directory, allow_pickle: bool = False) -> "Forecaster":
         """Load a directory written by `save` (eval mode); see `compress.models.load`."""

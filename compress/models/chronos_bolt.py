@@ -13,8 +13,10 @@ Sizes follow the published checkpoints' configs: "small" is chronos-bolt-small
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 from typing import List, Optional
 
 import torch
@@ -121,6 +123,64 @@ class ChronosBoltForecaster(Forecaster):
 
         native = meta["config"]["model_config"]
         return cls.from_native(ChronosBoltModelForForecasting(T5Config.from_dict(native)), meta)
+
+    def native_config(self):
+        """`T5Config` (with its chronos_config) at the pruned FFN width, head count and layer
+        counts (`save_pretrained`).
+
+        Head pruning usually has none: T5 computes the relative-position bias once, in the
+        first layer of a stack, from a table with one column per head, and hands it to every
+        later layer. Pruning gives each layer its own table (`prepare_for_pruning`); the layout
+        exists only while every layer's table equals its stack's first (FFN-only pruning).
+        """
+        from .native import NativeLayoutError, uniform
+
+        m = self.model
+        cfg = copy.deepcopy(m.config)
+        stacks = {"encoder": m.encoder.block, "decoder": m.decoder.block}
+        ffn, heads = {}, {}
+        for stack, blocks in stacks.items():
+            for i, block in enumerate(blocks):
+                ff = block.layer[-1].DenseReluDense
+                ffn[f"{stack}.{i}"] = (ff.wi_0 if hasattr(ff, "wi_0") else ff.wi).out_features
+                for layer in block.layer:
+                    for name in ("SelfAttention", "EncDecAttention"):
+                        att = getattr(layer, name, None)
+                        if att is not None:
+                            heads[f"{stack}.{i}.{name}"] = att.q.out_features // cfg.d_kv
+            if not len(blocks):
+                continue
+            owner = blocks[0].layer[0].SelfAttention
+            table = owner.relative_attention_bias.weight if owner.has_relative_attention_bias else None
+            for i, block in enumerate(blocks[1:], start=1):
+                att = block.layer[0].SelfAttention
+                if att.has_relative_attention_bias and (table is None or not torch.equal(
+                        att.relative_attention_bias.weight, table)):
+                    raise NativeLayoutError(
+                        f"chronos_bolt: {stack} layer {i} has its own relative-position bias (head pruning kept "
+                        "different heads in different layers); T5 computes the bias once, in the first layer, so no "
+                        "T5Config describes this model. Depth pruning (strategy='layers') and unstructured zeros "
+                        "keep a save_pretrained layout; otherwise keep the compress format "
+                        "(model.save(dir) / compress.models.load(dir))")
+        cfg.d_ff = uniform("chronos_bolt", "FFN widths", ffn, "d_ff", "T5Config")
+        dense = {n: b.hidden_layer.out_features for n, b in (("input_patch_embedding", m.input_patch_embedding),
+                                                              ("output_patch_embedding", m.output_patch_embedding))}
+        if any(w != cfg.d_ff for w in dense.values()):
+            raise NativeLayoutError(
+                f"chronos_bolt: T5Config.d_ff sizes both the FFN of every T5 layer (pruned to {cfg.d_ff}) and the hidden "
+                f"layer of the patch embedding and of the output head ({dense}, left dense by pruning), so no "
+                "ChronosBoltModelForForecasting config describes FFN pruning. Depth pruning (strategy='layers') and "
+                "unstructured zeros keep a save_pretrained layout; otherwise keep the compress format "
+                "(model.save(dir) / compress.models.load(dir))")
+        cfg.num_heads = uniform("chronos_bolt", "head counts", heads, "num_heads", "T5Config")
+        cfg.num_layers, cfg.num_decoder_layers = len(m.encoder.block), len(m.decoder.block)
+        return cfg
+
+    def native_state_dict(self) -> dict:
+        """The state dict without the per-layer copies of the relative-bias tables (equal to
+        their stack's first one, `native_config` checked it)."""
+        copies = re.compile(r"^(encoder|decoder)\.block\.[1-9]\d*\.layer\.0\.SelfAttention\.relative_attention_bias\.")
+        return {k: v for k, v in self.model.state_dict().items() if not copies.match(k)}
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         b, l, c = past.shape

@@ -9,6 +9,7 @@ is called with its channels as they are and fixes `n_channels`.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import List, Optional
@@ -151,6 +152,32 @@ class PatchTSTForecaster(Forecaster):
 
         native = meta["config"]["model_config"]
         return cls.from_native(PatchTSTForPrediction(PatchTSTConfig.from_dict(native)), meta)
+
+    def native_config(self):
+        """`PatchTSTConfig` with the pruned FFN width and layer count (`save_pretrained`).
+
+        Head pruning has none: transformers' `PatchTSTAttention` projects q/k/v to d_model
+        and derives head_dim = d_model / num_attention_heads, so fewer heads of the same size
+        are not a PatchTST. FFN widths must agree across layers (`ffn_dim` is one number).
+        """
+        from .native import NativeLayoutError, uniform
+
+        cfg = copy.deepcopy(self.model.config)
+        layers = self.model.model.encoder.layers
+        cut = {f"layers.{i}": l.self_attn.q_proj.out_features for i, l in enumerate(layers)
+               if l.self_attn.q_proj.out_features != cfg.d_model}
+        if cut:
+            raise NativeLayoutError(
+                f"patchtst: head pruning left q/k/v projections of {sorted(set(cut.values()))} features for d_model "
+                f"{cfg.d_model}; transformers' PatchTSTAttention always projects to d_model (head_dim = d_model / "
+                "num_attention_heads), so no PatchTSTConfig describes pruned heads. Prune FFN channels "
+                "(units=('ffn',)) and layers (strategy='layers') for a save_pretrained layout, or keep the compress "
+                "format (model.save(dir) / compress.models.load(dir))")
+        if len(layers):
+            cfg.ffn_dim = uniform("patchtst", "FFN widths", {f"layers.{i}": l.ff[0].out_features
+                                                             for i, l in enumerate(layers)}, "ffn_dim", "PatchTSTConfig")
+        cfg.num_hidden_layers = len(layers)
+        return cfg
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         b, l, c = past.shape

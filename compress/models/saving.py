@@ -298,6 +298,8 @@ def save(model: nn.Module, directory, layouts: Sequence[str] = ()) -> str:
 
     directory = os.fspath(directory).rstrip(os.sep) or os.sep
     _check_target(directory)
+    from . import native  # noqa: F401  (registers the "hf" layout)
+
     for name in layouts:
         if name not in _LAYOUTS:
             raise ValueError(f"unknown save layout {name!r}; registered: {sorted(_LAYOUTS) or 'none'}")
@@ -328,24 +330,32 @@ def save(model: nn.Module, directory, layouts: Sequence[str] = ()) -> str:
             os.fsync(f.fileno())
         with open(os.path.join(tmp, WEIGHTS_FILE), "rb+") as f:
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        old = None
-        if os.path.isdir(directory):
-            old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(directory, old)
-        try:
-            os.rename(tmp, directory)
-        except BaseException:
-            if old is not None:
-                os.rename(old, directory)
-            raise
-        _fsync_dir(parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        move_into_place(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def move_into_place(tmp: str, directory: str) -> None:
+    """Rename the finished directory `tmp` to `directory` (a sibling), replacing what was
+    there only once the rename succeeded: a failure leaves the old `directory` as it was."""
+    _fsync_dir(tmp)
+    parent = os.path.dirname(os.path.abspath(directory))
+    base = os.path.basename(os.path.abspath(directory))
+    old = None
+    if os.path.isdir(directory):
+        old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(directory, old)
+    try:
+        os.rename(tmp, directory)
+    except BaseException:
+        if old is not None:
+            os.rename(old, directory)
+        raise
+    _fsync_dir(parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ d_model 256 x 4 layers (~3 M parameters) for benchmarks on CPU; "tiny" is for te
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import List, Optional
@@ -112,6 +113,24 @@ class TimesFMForecaster(Forecaster):
 
         native = meta["config"]["model_config"]
         return cls.from_native(TimesFm2_5ModelForPrediction(TimesFm2_5Config.from_dict(native)), meta)
+
+    def native_config(self):
+        """`TimesFm2_5Config` with the pruned FFN width, head count and layer count
+        (`save_pretrained`); both must agree across layers (the config holds one number)."""
+        from .native import uniform
+
+        cfg = copy.deepcopy(self.model.config)
+        layers = self.model.model.layers
+        if len(layers):
+            cfg.intermediate_size = uniform("timesfm", "FFN widths", {f"layers.{i}": l.mlp.fc1.out_features
+                                            for i, l in enumerate(layers)}, "intermediate_size", "TimesFm2_5Config")
+            heads = {f"layers.{i}": l.self_attn.q_proj.out_features // cfg.head_dim for i, l in enumerate(layers)}
+            heads.update({f"layers.{i} (k/v)": l.self_attn.k_proj.out_features // cfg.head_dim
+                          for i, l in enumerate(layers)})
+            cfg.num_attention_heads = cfg.num_key_value_heads = uniform(
+                "timesfm", "head counts", heads, "num_attention_heads", "TimesFm2_5Config")
+        cfg.num_hidden_layers = len(layers)
+        return cfg
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         b, l, c = past.shape

@@ -11,6 +11,7 @@ count works (`n_channels is None`) unless channel mixing is configured.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import List, Optional
@@ -36,6 +37,9 @@ SIZES = {
         decoder_mode="common_channel", scaling="std", loss="mse", dropout=0.0, head_dropout=0.0,
     ),
 }
+
+_SAME_DEPTH = ("Remove the same number of layers from every level (strategy='layers' with "
+               "options={'select': 'last'} or 'first' spreads the cut evenly over the stacks)")
 
 # Generic names accepted by every adapter -> TinyTimeMixerConfig names.
 _ALIASES = {"horizon": "prediction_length"}
@@ -111,6 +115,40 @@ class TTMForecaster(Forecaster):
 
         native = meta["config"]["model_config"]
         return cls.from_native(TinyTimeMixerForPrediction(TinyTimeMixerConfig.from_dict(native)), meta)
+
+    def native_config(self):
+        """`TinyTimeMixerConfig` with the pruned mixer widths and layer counts (`save_pretrained`).
+
+        Every mixer MLP is `Linear(n, n * expansion_factor)`, with n the patch count (patch
+        mixer) or the level's d_model (feature mixer); the layout exists when all of them were
+        cut to the same whole multiple of their input (ratio 0.5 of factor 2 gives factor 1),
+        and when every adaptive-patching level kept the same number of layers.
+        """
+        from .native import NativeLayoutError, uniform
+
+        cfg = copy.deepcopy(self.model.config)
+        ratios = {}
+        for name, m in self.model.named_modules():
+            if type(m).__name__ == "TinyTimeMixerMLP":
+                ratios[name] = m.fc1.out_features / m.fc1.in_features
+        factor = uniform("ttm", "mixer expansion factors (hidden / input width)", ratios, "expansion_factor",
+                         "TinyTimeMixerConfig")
+        if factor != int(factor):
+            raise NativeLayoutError(
+                f"ttm: the mixer MLPs were cut to {factor:g} x their input width; TinyTimeMixerConfig.expansion_factor "
+                "must be a whole number (each MLP is Linear(n, n * expansion_factor)). Choose a ratio that leaves a "
+                "whole factor (0.5 of factor 2), or keep the compress format (model.save(dir) / compress.models.load(dir))")
+        cfg.expansion_factor = int(factor)
+        counts = {s.path: len(self.get_submodule(s.path)) for s in self.layer_stacks()}
+        enc = {p: n for p, n in counts.items() if ".decoder." not in p}
+        dec = {p: n for p, n in counts.items() if ".decoder." in p}
+        if enc:
+            cfg.num_layers = uniform("ttm", "layer counts of the adaptive-patching levels", enc, "num_layers",
+                                     "TinyTimeMixerConfig", fix=_SAME_DEPTH)
+        if dec:
+            cfg.decoder_num_layers = uniform("ttm", "decoder layer counts", dec, "decoder_num_layers",
+                                             "TinyTimeMixerConfig", fix=_SAME_DEPTH)
+        return cfg
 
     def _forecast(self, past: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, C]
         # TTM left-pads / truncates to its context itself and scales each window per channel.

@@ -189,3 +189,11 @@ def test_a_directory_holding_other_files_is_not_replaced(tmp_path):
     small.save_pretrained(target)
     small.save_pretrained(target)  # a previous save_pretrained layout is replaced
     assert sorted(os.listdir(target)) == ["config.json", "model.safetensors"]
+
+
+def test_saving_leaves_the_model_and_the_random_state_as_they_were(tmp_path):
+    small = compress.prune(tiny("timesfm"), ratio=0.5).train()
+    state = torch.random.get_rng_state()
+    small.save_pretrained(tmp_path / "hf")
+    assert all(m.training for m in small.modules())
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -109,7 +109,7 @@ def native_model(model: nn.Module) -> nn.Module:
     config = model.native_config()
     state = model.native_state_dict()
     cls = type(model.model)
-    with quiet_loading(model.requires):
+    with quiet_loading(model.requires), torch.random.fork_rng():  # its random init leaves the user's RNG alone
         fresh = cls(config)
     want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in state.items()}
@@ -145,8 +145,13 @@ def _wrap(model, native: nn.Module):
 
 def _compare(model, loaded: nn.Module, directory: str, rtol: float, atol: float) -> None:
     x = model.example_inputs()
-    with torch.no_grad():
-        want, got = model.eval()(x), _wrap(model, loaded)(x)
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            want, got = model.eval()(x), _wrap(model, loaded)(x)
+    finally:
+        for m, training in flags:
+            m.training = training
     if want.shape != got.shape or not torch.allclose(got, want, rtol=rtol, atol=atol):
         diff = (got - want).abs().max().item() if want.shape == got.shape else f"shape {tuple(got.shape)}"
         raise NativeLayoutError(f"{model.family}: the model loaded back from {directory!r} with "
@@ -157,12 +162,11 @@ def _compare(model, loaded: nn.Module, directory: str, rtol: float, atol: float)
 def _write(model, native: nn.Module, target: str, check: bool, rtol: float, atol: float) -> List[str]:
     from ._quiet import quiet_loading
 
-    with quiet_loading(model.requires):
+    with quiet_loading(model.requires), torch.random.fork_rng():  # example inputs and inits: not the user's RNG
         native.save_pretrained(target)
         if check:
             loaded = type(native).from_pretrained(target).eval()
-    if check:
-        _compare(model, loaded, target, rtol, atol)
+            _compare(model, loaded, target, rtol, atol)
     return sorted(os.listdir(target))
 
 

@@ -46,6 +46,10 @@ def test_when_a_familys_package_is_missing_then_load_names_it_and_the_install_co
     assert f"'{family}'" in msg and dist in msg
     assert f"'{dist}==" in msg and "pip install" in msg and "scripts/install_models.sh" in msg
     assert isinstance(err.value, ImportError)  # `except ImportError` still catches it
+    import pickle
+
+    again = pickle.loads(pickle.dumps(err.value))  # a grid worker's error reaches the parent intact
+    assert str(again) == msg and again.family == family
 
 
 def test_when_a_dependency_of_the_package_fails_to_import_then_the_error_names_it(monkeypatch):

@@ -148,7 +148,7 @@ def build_quietly(cls, verbose: bool = False, build: Optional[Callable] = None, 
     except ModuleNotFoundError as e:  # a package the family's package imports
         if e.name is None or isinstance(e, MissingPackageError):
             raise
-        raise MissingPackageError(cls.family, [e.name], cause=f"No module named {e.name!r}") from e
+        raise MissingPackageError.of(cls.family, [e.name], cause=f"No module named {e.name!r}") from e
     return model.eval()
 
 

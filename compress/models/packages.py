@@ -97,9 +97,18 @@ def install_hint(modules: Iterable[str]) -> str:
 
 
 class MissingPackageError(ImportError):
-    """A model family's package is not installed; the message names it and the install command."""
+    """A model family's package is not installed; the message names it and the install command.
 
-    def __init__(self, family: str, modules: Iterable[str], cause: Optional[str] = None):
+    Attributes:
+        family: the family that needs it.
+        modules: the import names that are missing.
+    """
+
+    family: str = ""
+    modules: Tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, family: str, modules: Iterable[str], cause: Optional[str] = None) -> "MissingPackageError":
         mods = list(dict.fromkeys(m.split(".")[0] for m in modules))
         pkgs = [_package(m) for m in mods]
         names = ", ".join(f"{p.distribution} {p.version}".strip() + (f" (import name {p.module})"
@@ -107,8 +116,9 @@ class MissingPackageError(ImportError):
         msg = (f"model family {family!r} needs {names}, which {'is' if len(pkgs) == 1 else 'are'} not installed"
                + (f" ({cause})" if cause else "") + f". Install with {install_hint(mods)}. "
                "compress.models.status() lists which families are installed.")
-        super().__init__(msg, name=mods[0] if mods else None)
-        self.family, self.modules = family, tuple(mods)
+        err = cls(msg, name=mods[0] if mods else None)  # plain (message) args: pickles across processes
+        err.family, err.modules = family, tuple(mods)
+        return err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,4 +165,4 @@ def check_installed(family: str, modules: Iterable[str]) -> None:
     """Raise `MissingPackageError` if any of `modules` is not installed."""
     missing = [m for m in modules if not installed(m)]
     if missing:
-        raise MissingPackageError(family, missing)
+        raise MissingPackageError.of(family, missing)

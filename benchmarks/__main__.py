@@ -9,9 +9,11 @@
 
 `compress-bench` (installed with the package) is the same command, from any directory.
 
-`run` appends to RESULTS (cells already there without an error are skipped) and exits 1
-when a cell of this call failed; `quick` runs `benchmarks/configs/quick.toml`, prints the
-table and writes the report into runs/quick/.
+`run` appends to RESULTS (cells already there without an error, with the same definition,
+are skipped) and exits 1 when a cell of this call failed; `quick` runs
+`benchmarks/configs/quick.toml`, prints the table and writes the report into runs/quick/.
+Both exit 2, before any cell runs, on a config with problems (all of them listed in one
+message) or an unusable --out.
 """
 from __future__ import annotations
 
@@ -38,52 +40,72 @@ def _value(text: str):
         return text
 
 
-def _single_cell_config(a):
-    from .config import BASELINE, Cell, Config, EvalSettings, FinetuneSettings, ModelSpec
+#: How the single-cell flags are named in the messages of `benchmarks.validate.check_config`.
+_FLAG_LABELS = {"family": "--model", "config": "--set", "checkpoint": "--checkpoint", "datasets": "--dataset",
+                "horizons": "--horizon", "criteria": "--criterion", "strategies": "--strategy", "ratios": "--ratio",
+                "eval": "--{field} {value}", "finetune": "--finetune-epochs", "seed": "--seed"}
 
-    if not 0 <= a.ratio < 1:
-        raise SystemExit(f"error: --ratio {a.ratio} must be in [0, 1)")
+
+def _single_cell_config(a):
+    """The one-cell `Config` the flags describe; raises `ConfigError` listing every bad flag."""
+    from .config import BASELINE, Cell, Config, ConfigError, EvalSettings, FinetuneSettings, ModelSpec
+    from .validate import check_config
+
+    problems = []
     overrides = {}
     for item in a.set or []:
         if "=" not in item:
-            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+            problems.append(f"--set expects KEY=VALUE, got {item!r}")
+            continue
         k, v = item.split("=", 1)
         overrides[k] = _value(v)
+    if a.finetune_epochs < 0:
+        problems.append(f"--finetune-epochs {a.finetune_epochs} must be >= 0 (0: no fine-tuning)")
     ev = EvalSettings(test_stride=a.test_stride, test_limit=a.test_limit, threads=a.threads)
     ft = FinetuneSettings()
-    finetune = bool(a.finetune_epochs)
+    finetune = a.finetune_epochs > 0
     if finetune:
         ft.epochs = a.finetune_epochs
     crit, strat = (a.criterion, a.strategy) if a.ratio > 0 else BASELINE
     cell = Cell(a.model, a.dataset, a.horizon, crit, strat, round(a.ratio, 6), finetune)
     spec = ModelSpec(name=a.model, family=a.model, size=a.size, pretrained=a.pretrained, checkpoint=a.checkpoint,
                      config=overrides)
-    return Config(name="cli", models={a.model: spec}, cells=[cell], eval=ev, finetune=ft, seed=a.seed)
+    cfg = Config(name="cli", models={a.model: spec}, cells=[cell], eval=ev, finetune=ft, seed=a.seed)
+    problems += [p.replace("--test_stride", "--test-stride").replace("--test_limit", "--test-limit")
+                 for p in check_config(cfg, labels=_FLAG_LABELS)]
+    if problems:
+        raise ConfigError.of("run", problems)
+    return cfg
 
 
 def _parallel(a) -> dict:
     return dict(workers=a.workers, executor=a.executor, address=a.address, retries=a.retries)
 
 
+def _fail(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
 def cmd_run(a, argv) -> int:
     from .config import ConfigError, load_config
+    from .results import ResultsError, check_out
     from .runner import run
 
-    if a.config:
-        try:
+    try:
+        if a.config:
             cfg = load_config(a.config)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    else:
-        missing = [n for n in ("model", "dataset", "horizon") if getattr(a, n) is None]
-        if missing:
-            print(f"error: give --config FILE, or a single cell with --{' --'.join(missing)} (and --criterion, "
-                  "--strategy, --ratio)", file=sys.stderr)
-            return 2
-        cfg = _single_cell_config(a)
-    t0 = time.time()
-    records = run(cfg, a.out, command=_command(argv), **_parallel(a))
+        else:
+            missing = [n for n in ("model", "dataset", "horizon") if getattr(a, n) is None]
+            if missing:
+                return _fail(f"give --config FILE, or a single cell with --{' --'.join(missing)} (and --criterion, "
+                             "--strategy, --ratio)")
+            cfg = _single_cell_config(a)
+        check_out(a.out)
+        t0 = time.time()
+        records = run(cfg, a.out, command=_command(argv), **_parallel(a))
+    except (ConfigError, ResultsError) as e:  # raised before any cell runs
+        return _fail(e)
     failed = [r for r in records if r.get("error")]
     print(f"{len(records)} cell(s) run, {len(failed)} failed, {time.time() - t0:.0f} s; results in {a.out}",
           file=sys.stderr)
@@ -92,22 +114,31 @@ def cmd_run(a, argv) -> int:
 
 def cmd_report(a, argv) -> int:
     from .report import write_report
+    from .results import ResultsError
 
     try:
         path = write_report(a.results, a.out, title=a.title, notes=a.notes)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ResultsError) as e:
+        return _fail(e)
     print(path)
     return 0
 
 
 def cmd_quick(a, argv) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .report import cell_table, load_records, write_report
+    from .results import ResultsError, check_out
     from .runner import run
 
     results = os.path.join(a.out, "results.jsonl")
+    try:  # everything that can be wrong with the call, before anything is deleted or run
+        cfg = load_config(a.config)
+        if os.path.exists(a.out) and not os.path.isdir(a.out):
+            raise ResultsError(f"--out {a.out} is a file; quick's --out is a directory (results.jsonl, report.md "
+                               "and the plots go inside it)")
+        check_out(results, flag="results file")
+    except (ConfigError, ResultsError) as e:
+        return _fail(e)
     if a.fresh:  # a new results file and no cached trained models: the full cost, end to end
         import shutil
 
@@ -115,8 +146,10 @@ def cmd_quick(a, argv) -> int:
             os.remove(results)
         shutil.rmtree(os.path.join(a.out, "checkpoints"), ignore_errors=True)
     t0 = time.time()
-    cfg = load_config(a.config)
-    run(cfg, results, command=_command(argv), **_parallel(a))
+    try:
+        run(cfg, results, command=_command(argv), **_parallel(a))
+    except (ConfigError, ResultsError) as e:
+        return _fail(e)
     write_report([results], a.out, title="Quick comparison: TTM and two classic models on ETTh1")
     print(cell_table(load_records([results])))
     print(f"\nreport: {os.path.join(a.out, 'report.md')} ({time.time() - t0:.0f} s)")
@@ -134,18 +167,21 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
-def _names() -> Tuple[List[str], List[str]]:
-    """Registered criteria and model families (for the help texts and --criterion's choices)."""
+def _names() -> Tuple[List[str], List[str], List[str]]:
+    """Registered criteria, model families and the strategies a cell can use (help texts, choices)."""
     import compress
 
-    return list(compress.criteria.available()), [str(f) for f in compress.models.available()]
+    from .validate import harness_strategies
+
+    return (list(compress.criteria.available()), [str(f) for f in compress.models.available()],
+            harness_strategies())
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's parser (`compress-bench` or `python -m benchmarks`): every flag has help, values, default."""
     from .parallel import EXECUTORS
 
-    criteria, families = _names()
+    criteria, families, strategies = _names()
     p = argparse.ArgumentParser(prog="compress-bench", description=__doc__, formatter_class=_Help)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,report,quick}")
 
@@ -165,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single cell: forecast horizon in steps (a positive integer, required without --config)")
     r.add_argument("--criterion", default="magnitude", choices=criteria, metavar="CRITERION",
                    help=f"single cell: pruning criterion, one of {', '.join(criteria)}")
-    r.add_argument("--strategy", default="structured", choices=["structured", "unstructured"],
-                   help="single cell: structured (removes channels/heads) or unstructured (zeros weights)")
+    r.add_argument("--strategy", default="structured", choices=strategies,
+                   help="single cell: structured (removes channels/heads), unstructured (zeros weights), "
+                        "layers (removes whole blocks; with the dominance criterion)")
     r.add_argument("--ratio", type=float, default=0.0, metavar="R",
                    help="single cell: fraction to prune, in [0, 1); 0 is the unpruned baseline")
     r.add_argument("--size", default="small", metavar="SIZE",

@@ -26,14 +26,23 @@ __all__ = ["load_records", "write_report", "cell_table", "CELL_TABLE_COLUMNS"]
 
 
 def load_records(paths: Sequence[str]) -> List[Dict[str, Any]]:
-    """Records of all `paths`, one per cell: the last error-free one, else the last error."""
+    """Records of all `paths`, one per cell: the last error-free one, else the last error.
+
+    A record whose cell definition (model, training, evaluation settings; see
+    `benchmarks.config.cell_definition`) differs from an earlier one's supersedes it, error
+    or not: a cell re-run after its config changed is reported as it is now, never by the
+    stale record.
+    """
     best: "OrderedDict[tuple, Dict[str, Any]]" = OrderedDict()
     for p in paths:
         if not os.path.exists(p):
             raise FileNotFoundError(f"results file {p!r} does not exist")
         for r in read_results(p):
             k = cell_key(r)
-            if k not in best or not r.get("error") or best[k].get("error"):
+            old = best.get(k)
+            redefined = (old is not None and isinstance(r.get("definition"), dict)
+                         and isinstance(old.get("definition"), dict) and r["definition"] != old["definition"])
+            if old is None or redefined or not r.get("error") or old.get("error"):
                 best[k] = r
     return list(best.values())
 

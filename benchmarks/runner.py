@@ -16,9 +16,12 @@ file). Each cell then:
    compares two timings taken moments apart in the same process,
 4. evaluates MSE / MAE on the (strided) test split,
 
-and appends a record (see `RECORD_FIELDS`). A cell whose key is already in the results
-file without an error is skipped (resume); a failing cell records its error and the grid
-goes on.
+and appends a record (see `RECORD_FIELDS`). A cell with an error-free record of the same
+key *and* definition (`config.cell_definition`) in the results file is skipped (resume; a
+changed definition re-runs the cell, saying which fields changed); a failing cell records
+its error and the grid goes on. Before any cell runs, the config is checked
+(`benchmarks.validate`), and the results file is checked and repaired after a crash
+(`benchmarks.results`).
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from .config import BASELINE, Cell, Config, ModelSpec, cell_key
+from .config import BASELINE, Cell, Config, ModelSpec, cell_definition, cell_key, check, definition_changes
+from .results import append, check_out, read_results, repair
 
 __all__ = ["run", "read_results", "done_keys", "RECORD_FIELDS", "TRAIN_HINT"]
 
@@ -43,7 +47,7 @@ RECORD_FIELDS = (
     "effective_ratio", "method", "finetuned", "seed", "params", "nonzero_params", "density", "prunable_density",
     "relative_size", "flops", "flops_reduction", "latency_ms", "latency_iqr_ms", "baseline_latency_ms", "speedup",
     "threads", "peak_memory_mb", "mse", "mae", "n_windows", "baseline_mse", "baseline_mae", "test_stride",
-    "finetune_epochs", "seconds", "error", "note", "config", "command", "commit", "time", "weights",
+    "finetune_epochs", "seconds", "error", "note", "config", "command", "commit", "time", "weights", "definition",
 )
 #: Where the unpruned model's weights came from (record field "weights") and what its
 #: baseline row is called: only pretrained weights evaluated as they are are "zero-shot".
@@ -52,34 +56,14 @@ WEIGHTS = {"pretrained": "zero-shot", "trained": "trained baseline", "checkpoint
 TRAIN_HINT = "python benchmarks/train_classic.py"
 
 
-# --- results file ------------------------------------------------------------------------
-def read_results(path: str) -> List[Dict[str, Any]]:
-    """All records of a JSONL results file (a missing file has none; bad lines are skipped with a warning)."""
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                print(f"warning: {path}:{n}: skipping unreadable line ({e})", file=sys.stderr)
-    return out
-
-
+# --- results file (see benchmarks.results) ------------------------------------------------
 def done_keys(path: str) -> set:
-    """Keys of the cells that already have an error-free record in `path`."""
+    """Keys of the cells that already have an error-free record in `path` (whatever its definition)."""
     return {cell_key(r) for r in read_results(path) if not r.get("error")}
 
 
 def _append(path: str, record: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
-        f.flush()
+    append(path, record, default=_json_default)
 
 
 def _json_default(o):
@@ -275,10 +259,26 @@ def run(config: Config, out: str, command: str = "", cells: Optional[Iterable[Ce
     Returns:
         The records written by this call (skipped cells write none).
 
+    Raises:
+        benchmarks.config.ConfigError: `config` has problems (all listed; nothing runs).
+        benchmarks.results.ResultsError: `out` is a directory or under a file, or a line
+            before its last is unreadable (nothing runs). An unreadable *last* line (a
+            crash mid-write) is moved aside with a message and the run goes on.
+
+    Resume: a cell is skipped when `out` has an error-free record of it whose
+    ``definition`` (`benchmarks.config.cell_definition`: model, build overrides, training,
+    evaluation and fine-tuning settings) equals the config's; a record with another
+    definition is stale and its cell runs again (the log names the changed fields; reports
+    then use the new record). Records written before definitions were recorded are
+    matched on the grid key alone, with a message saying so.
+
     Example:
         >>> from benchmarks.config import load_config          # doctest: +SKIP
         >>> run(load_config("benchmarks/configs/quick.toml"), "runs/quick/results.jsonl")  # doctest: +SKIP
     """
+    check(config)
+    check_out(out)
+    repair(out, log)
     threads = torch.get_num_threads()
     torch.set_num_threads(config.eval.threads)  # the whole run: on small shared CPUs extra OpenMP threads spin
     try:
@@ -290,40 +290,74 @@ def run(config: Config, out: str, command: str = "", cells: Optional[Iterable[Ce
         torch.set_num_threads(threads)
 
 
+def _spec(config: Config, cell: Cell) -> ModelSpec:
+    return config.models.get(cell.model) or ModelSpec(name=cell.model, family=cell.model)
+
+
+def _plan(config: Config, cells: List[Cell], out: str, log) -> List[Tuple[int, Cell]]:
+    """The (index, cell) pairs still to run: no error-free record with the same key and definition."""
+    ok: Dict[Tuple, List[Dict[str, Any]]] = {}
+    for r in read_results(out, log):
+        if not r.get("error"):
+            ok.setdefault(cell_key(r), []).append(r)
+    total, pending, legacy = len(cells), [], 0
+    for i, c in enumerate(cells, 1):
+        records = ok.get(c.key(_spec(config, c).size, config.seed))
+        where = f"[{i}/{total}] {_label(c)}"
+        if not records:
+            pending.append((i, c))
+            continue
+        definition = cell_definition(config, c)
+        recorded = [r["definition"] for r in records if isinstance(r.get("definition"), dict)]
+        if definition in recorded:
+            log(f"{where}: done already, skipped")
+        elif recorded:
+            changed = definition_changes(recorded[-1], definition)
+            log(f"{where}: definition changed ({', '.join(changed)}), re-running (the old record stays in "
+                f"{out}; reports use the new one)")
+            pending.append((i, c))
+        else:
+            legacy += 1
+            log(f"{where}: done already (an older record without its definition: matched on the grid key only), "
+                "skipped")
+    if legacy:
+        log(f"note: {legacy} cell(s) were skipped on records written before the harness recorded cell definitions; "
+            f"changes of model, training or evaluation settings since are not detected for them. Delete their lines "
+            f"from {out} to re-run them")
+    return pending
+
+
+def _write(out: str, config: Config, cell: Cell, rec: Dict[str, Any]) -> None:
+    """Append a cell's record with its definition (what the next resume compares)."""
+    rec["definition"] = cell_definition(config, cell)
+    _append(out, rec)
+
+
 def _run(config, out, command, cells, log, cache_dir):
     cells = list(config.cells if cells is None else cells)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(out)), "checkpoints")
-    done = done_keys(out)
+    pending = _plan(config, cells, out, log)
     common = dict(config=config.name, command=command, commit=_commit(), seed=config.seed)
-    groups: Dict[Tuple[str, str, int], List[Cell]] = {}
-    for c in cells:
-        groups.setdefault((c.model, c.dataset, c.horizon), []).append(c)
+    groups: Dict[Tuple[str, str, int], List[Tuple[int, Cell]]] = {}
+    for i, c in pending:
+        groups.setdefault((c.model, c.dataset, c.horizon), []).append((i, c))
     written: List[Dict[str, Any]] = []
-    total, index = len(cells), 0
+    total = len(cells)
     for (model_name, dataset, horizon), group in groups.items():
-        spec = config.models.get(model_name) or ModelSpec(name=model_name, family=model_name)
-        pending = []
-        for c in group:
-            index += 1
-            if c.key(spec.size, config.seed) in done:
-                log(f"[{index}/{total}] {_label(c)}: done already, skipped")
-            else:
-                pending.append((index, c))
-        if not pending:
-            continue
+        spec = _spec(config, group[0][1])
         try:
             ctx = _GroupContext(config, spec, dataset, horizon, cache_dir, log)
         except Exception as e:  # the model or data could not be built: every cell of the group says why
             msg = _error(e)
-            for i, c in pending:
+            for i, c in group:
                 rec = _record(c, spec, common, error=msg, seconds=0.0)
-                _append(out, rec)
+                _write(out, config, c, rec)
                 written.append(rec)
                 log(f"[{i}/{total}] {_label(c)}: ERROR {msg}")
             continue
-        for i, c in pending:
+        for i, c in group:
             rec = ctx.run_cell(c, common)
-            _append(out, rec)
+            _write(out, config, c, rec)
             written.append(rec)
             log(f"[{i}/{total}] {_label(c)}: {_summary(rec)}")
     return written
@@ -334,20 +368,14 @@ def _run_parallel(config, out, command, cells, log, cache_dir, executor, workers
 
     cells = list(config.cells if cells is None else cells)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(out)), "checkpoints")
-    done = done_keys(out)
+    pending = _plan(config, cells, out, log)
     common = dict(config=config.name, command=command, commit=_commit(), seed=config.seed)
-    total, pending = len(cells), []
-    for i, c in enumerate(cells, 1):
-        spec = config.models.get(c.model) or ModelSpec(name=c.model, family=c.model)
-        if c.key(spec.size, config.seed) in done:
-            log(f"[{i}/{total}] {_label(c)}: done already, skipped")
-        else:
-            pending.append((i, c))
+    total = len(cells)
     written: List[Dict[str, Any]] = []
     labels = dict(pending)
 
     def write(index: int, rec: Dict[str, Any]) -> None:  # the one writer: this process
-        _append(out, rec)
+        _write(out, config, labels[index], rec)
         written.append(rec)
         log(f"[{index}/{total}] {_label(labels[index])}: {_summary(rec)}")
 

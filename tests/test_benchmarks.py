@@ -1,4 +1,5 @@
 """The benchmark harness: cells write complete records, resume, survive failures; reports and configs."""
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,9 @@ TINY_EVAL = {"test_stride": 64, "test_limit": 1, "batch_size": 16, "calibration_
 
 
 def tiny_config(models, criteria=("magnitude",), ratios=(0.5,), **extra):
-    raw = {"name": "t", "models": {m: {"family": m, "size": "tiny"} for m in models}, "datasets": ["ETTh1"],
+    families = {"broken": "transformer"}
+    raw = {"name": "t", "models": {m: {"family": families.get(m, m), "size": "tiny"} for m in models},
+           "datasets": ["ETTh1"],
            "horizons": [8], "eval": TINY_EVAL,
            "grid": [{"models": list(models), "criteria": list(criteria), "strategies": ["structured"],
                      "ratios": list(ratios)}]}
@@ -43,13 +46,14 @@ def test_when_a_single_cell_runs_from_the_shell_then_one_record_has_every_field(
 
 def test_when_a_cell_fails_then_its_error_is_recorded_and_the_grid_goes_on(tmp_path):
     out = str(tmp_path / "r.jsonl")
-    cfg = tiny_config(["no_such_model", "transformer"])
+    cfg = tiny_config(["broken", "transformer"])  # a valid config whose first model fails when it is built:
+    cfg.models["broken"] = dataclasses.replace(cfg.models["broken"], config={"d_model": 7})  # not a multiple of heads
     records = run(cfg, out, command="test", log=lambda m: None)
     by_model = {}
     for r in records:
         by_model.setdefault(r["model"], []).append(r)
-    assert len(by_model["no_such_model"]) == 2  # baseline + one pruned cell
-    assert all("unknown model family 'no_such_model'" in r["error"] for r in by_model["no_such_model"])
+    assert len(by_model["broken"]) == 2  # baseline + one pruned cell
+    assert all("must be a multiple of n_heads" in r["error"] for r in by_model["broken"])
     assert [r["method"] for r in by_model["transformer"]] == ["untrained (random init)", "prune (untrained model)"]
     assert all(r["error"] is None for r in by_model["transformer"])
     base = by_model["transformer"][0]
@@ -57,7 +61,7 @@ def test_when_a_cell_fails_then_its_error_is_recorded_and_the_grid_goes_on(tmp_p
 
     # Resume retries the failed cells only.
     again = run(cfg, out, command="test", log=lambda m: None)
-    assert {r["model"] for r in again} == {"no_such_model"}
+    assert {r["model"] for r in again} == {"broken"}
 
 
 def test_when_a_checkpoint_is_missing_then_the_error_says_how_to_make_it(tmp_path):

@@ -152,13 +152,13 @@ class Snapshot:
                 p.grad = grad
 
 
-def deepcopy_model(model: nn.Module) -> nn.Module:
-    """`copy.deepcopy(model)`, or an error that says why not and what to do."""
+def deepcopy_model(model: nn.Module, who: str = "compress.prune", action: str = "prune") -> nn.Module:
+    """`copy.deepcopy(model)`, or an error that says why not and what to do (`who` works on a copy)."""
     try:
         return copy.deepcopy(model)
     except Exception as e:  # locks, open files, generators, C handles...
-        raise TypeError(f"compress.prune works on a copy, but {type(model).__name__} cannot be deep-copied "
-                        f"({type(e).__name__}: {e}); pass inplace=True to prune the model itself, or remove "
+        raise TypeError(f"{who} works on a copy, but {type(model).__name__} cannot be deep-copied "
+                        f"({type(e).__name__}: {e}); pass inplace=True to {action} the model itself, or remove "
                         "the attribute that cannot be copied") from e
 
 

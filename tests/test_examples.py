@@ -20,7 +20,8 @@ def _table(stdout):
 
 
 def test_the_examples_are_the_documented_ones():
-    assert {"prune_tsfm.py", "prune_demo.py", "prune_then_finetune.py", "grid.py", "depth_pruning.py"} <= set(SCRIPTS)
+    assert {"prune_tsfm.py", "prune_demo.py", "prune_then_finetune.py", "grid.py", "depth_pruning.py",
+            "peft_finetune.py"} <= set(SCRIPTS)
     listed = open(os.path.join(ROOT, "examples", "README.md")).read()
     assert all(s in listed for s in SCRIPTS)
 
@@ -43,3 +44,13 @@ def test_when_an_example_runs_quickly_then_it_prints_a_consistent_table(script, 
             assert abs(float(row[sp]) - base / float(row[lat])) <= 0.011, row
     if script == "grid.py":
         assert (tmp_path / "grid" / "report.md").exists() and "speedup ×" in header
+    if script == "peft_finetune.py":  # the shares are the printed counts' ratios; TRACE trains < 10%
+        by = {row[0]: row for row in rows}
+        assert set(by) == {"full", "lora", "trace"}
+        tr, share, mse = header.index("trainable params"), header.index("of full"), header.index("MSE")
+        full = int(by["full"][tr].replace(",", ""))
+        for row in rows:
+            assert abs(float(row[share].rstrip("%")) / 100 - int(row[tr].replace(",", "")) / full) <= 0.0006, row
+            assert 0 < float(row[mse]) < 10, row
+        assert int(by["trace"][tr].replace(",", "")) < 0.1 * full < int(by["lora"][tr].replace(",", "")) < full
+        assert by["trace"][header.index("head")] == "reconstructed"

@@ -25,7 +25,7 @@ def test_native_and_longer_horizons_give_that_many_steps(family):
         m = tiny(family)
         x = torch.randn(2, m.context_length, 3)
         h = m.horizon * factor
-        assert attach_reconstructed_head(m, horizon=None if factor == 1 else h) is m
+        assert attach_reconstructed_head(m, horizon=None if factor == 1 else h, inplace=True) is m
         assert m.horizon == h and m(x).shape == (2, h, 3)
         assert len(new_head(m)) == 1 and new_head(m)[0] in list(m.head_modules()[0].modules())
 
@@ -34,7 +34,7 @@ def test_head_is_far_smaller_than_the_linear_head_it_replaces():
     m = tiny("patchtst", d_model=128, num_attention_heads=2)  # d_model / patch_length = 16
     old = sum(p.numel() for p in m.model.head.parameters())
     before = head_param_counts(m, horizon=24)
-    attach_reconstructed_head(m, horizon=24)
+    m = attach_reconstructed_head(m, horizon=24)
     after = head_param_counts(m)
     new = sum(p.numel() for p in new_head(m)[0].parameters())
     assert after["reconstructed"] == new == before["reconstructed"] and after["attached"]
@@ -49,7 +49,7 @@ def test_only_the_head_changes_it_trains_and_gradients_reach_the_backbone(family
     for p in m.parameters():
         p.requires_grad_(False)
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    attach_reconstructed_head(m, horizon=2 * m.horizon)
+    attach_reconstructed_head(m, horizon=2 * m.horizon, inplace=True)
     head = new_head(m)[0]
     head_ids = {id(p) for p in head.parameters()}
     after = m.state_dict()
@@ -73,20 +73,20 @@ def test_works_after_structured_and_after_layer_pruning():
     x = torch.randn(8, m.context_length, 3)
     small = compress.prune(m, "magnitude", ratio=0.5, example_inputs=x)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in m.parameters())
-    attach_reconstructed_head(small, horizon=20)
+    small = attach_reconstructed_head(small, horizon=20)
     assert small(x).shape == (8, 20, 3)
     assert new_head(small)[0].d_model == small.model.head.projection.d_model
     cal = [(x, m(x).detach())]
     shallow = compress.prune(m, compress.criteria.get("dominance"), ratio=1 / 3, strategy="layers", calibration=cal)
     assert len(shallow.model.model.encoder.layers) == 2
-    attach_reconstructed_head(shallow, horizon=12)
+    shallow = attach_reconstructed_head(shallow, horizon=12)
     assert shallow(x).shape == (8, 12, 3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_saves_and_loads_bit_exactly(family, tmp_path):
     m = tiny(family)
-    attach_reconstructed_head(m, horizon=3 * m.horizon, rank=4)
+    m = attach_reconstructed_head(m, horizon=3 * m.horizon, rank=4)
     x = torch.randn(2, m.context_length, 3)
     m.save(tmp_path / "s")
     again = compress.models.load(str(tmp_path / "s"))
@@ -108,10 +108,41 @@ def test_unsupported_family_is_a_clear_error():
 
 def test_short_training_reduces_loss_on_a_synthetic_series():
     m = tiny("patchtst")
-    attach_reconstructed_head(m, horizon=24, seed=0)
+    m = attach_reconstructed_head(m, horizon=24, seed=0)
     arr = synthetic(length=1200, n_channels=2, seed=3, seasonalities=(12,), noise=0.05)
     train, val = (from_array(arr, m.context_length, m.horizon, split=s) for s in ("train", "val"))
     before = compress.evaluate(m, val)["mse"]
     tuned = compress.finetune(m, train, val, epochs=2, lr=3e-3, batch_size=16, max_train_batches=20, progress=False)
     assert isinstance(tuned.model.head.projection, ReconstructedHead) and tuned.horizon == 24
     assert compress.evaluate(tuned, val)["mse"] < 0.8 * before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_when_not_inplace_then_the_input_model_is_untouched(family):
+    m = tiny(family)
+    x = torch.randn(2, m.context_length, 3)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    horizon, y = m.horizon, m.eval()(x)
+    config = m.model.config.to_dict() if hasattr(m.model.config, "to_dict") else dict(vars(m.model.config))
+    new = attach_reconstructed_head(m, horizon=2 * horizon, seed=0)
+    assert new is not m and new.horizon == 2 * horizon and len(new_head(new)) == 1
+    assert new.eval()(x).shape == (2, 2 * horizon, 3)
+    assert not new_head(m) and m.horizon == horizon
+    after = m.state_dict()
+    assert set(after) == set(state) and all(torch.equal(after[k], state[k]) for k in state)
+    assert (m.model.config.to_dict() if hasattr(m.model.config, "to_dict") else dict(vars(m.model.config))) == config
+    assert torch.equal(m(x), y)
+    assert not any(p is q for p in m.parameters() for q in new.parameters())
+
+
+def test_when_inplace_then_the_model_itself_gets_the_head():
+    m = tiny("patchtst")
+    assert attach_reconstructed_head(m, horizon=20, inplace=True) is m
+    assert m.horizon == 20 and len(new_head(m)) == 1
+
+
+def test_finetune_head_options_cannot_override_inplace():
+    m = tiny("patchtst")
+    data = from_array(synthetic(length=400, n_channels=3, seed=0), m.context_length, m.horizon)
+    with pytest.raises(ValueError, match="head_options cannot set 'inplace'"):
+        compress.finetune(m, data, data, method="lora", head="reconstructed", head_options={"inplace": False})

@@ -42,6 +42,11 @@ WEIGHTS = os.path.join(REPO, "compress", "models", "weights")
 TEST_STRIDE = {"ETTh1": 16, "ETTm1": 64, "weather": 128}
 METHODS = ("finetune", "linear_probe", "lora", "gated-dsic", "lora+head", "trace", "prune-then-trace")
 NEEDS_HEAD = ("lora+head", "trace", "prune-then-trace")
+# Record `method` is the issue's name; `variant` (unique per cell, the resume key) tells apart
+# plain LoRA (head "kept") from LoRA + reconstructed head (head "reconstructed").
+# "gated-dsic" (Gated DSIC with the model's own head) is an extra ablation, not one of the
+# issue's methods: its records say `ablation: true`.
+ISSUE_METHOD = {"lora+head": "lora"}
 NATIVE = {"patchtst_pre": 192, "ttm": 96}
 
 
@@ -81,10 +86,14 @@ def fresh_head(model, horizon: int):
 
 
 def records(path):
+    """The file's records; old ones without `variant` get it from `method` (they predate it)."""
     if path and os.path.exists(path):
         for line in open(path):
             if line.strip():
-                yield json.loads(line)
+                r = json.loads(line)
+                r.setdefault("variant", r["method"])
+                r.setdefault("ablation", r["variant"] == "gated-dsic")
+                yield r
 
 
 def run_cell(args, model_name, dataset, horizon, method, data):
@@ -129,7 +138,8 @@ def run_cell(args, model_name, dataset, horizon, method, data):
     seconds = time.perf_counter() - t
     r = compress.evaluate(tuned, test, batch_size=64)
     fi = tuned.finetune_info
-    return {"method": method, "mse": r["mse"], "mae": r["mae"], "n_test_windows": r["n_windows"],
+    return {"method": ISSUE_METHOD.get(method, method), "variant": method, "ablation": method == "gated-dsic",
+            "mse": r["mse"], "mae": r["mae"], "n_test_windows": r["n_windows"],
             "params": sum(p.numel() for p in tuned.parameters()), "trainable_params": fi["trainable_params"],
             "params_pretrained": n_full, "train_seconds": round(seconds, 2), "head": fi.get("head"),
             "lora_modules": (fi.get("lora") or {}).get("modules"),
@@ -144,7 +154,7 @@ def report(path):
     out = ["| model | dataset | H | method | MSE | MAE | params | trainable | vs full: trainable | vs full: MSE | s |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in sorted({key(r) for r in rows}):
-        cell = {r["method"]: r for r in rows if key(r) == k}
+        cell = {r["variant"]: r for r in rows if key(r) == k}
         full = cell.get("finetune")
         for m in METHODS:
             if m not in cell:
@@ -184,7 +194,7 @@ def main(argv=None):
         return 0
     torch.set_num_threads(args.threads)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    done = {(r["model"], r["dataset"], r["horizon"], r["method"]) for r in records(args.out)}
+    done = {(r["model"], r["dataset"], r["horizon"], r["variant"]) for r in records(args.out)}
     import importlib.util
     if importlib.util.find_spec("compress.finetune.heads") is None:
         skipped = [m for m in args.methods if m in NEEDS_HEAD]
@@ -206,7 +216,7 @@ def main(argv=None):
                     try:
                         rec = run_cell(args, model_name, dataset, horizon, method, data)
                     except Exception as e:  # recorded, so the grid goes on
-                        rec = {"method": method, "error": f"{type(e).__name__}: {e}"[:500]}
+                        rec = {"method": ISSUE_METHOD.get(method, method), "variant": method, "error": f"{type(e).__name__}: {e}"[:500]}
                     rec.update(model=model_name, dataset=dataset, horizon=horizon, seed=args.seed, steps=args.steps,
                                batch_size=args.batch_size, test_stride=TEST_STRIDE[dataset], command=command)
                     print(json.dumps({k: v for k, v in rec.items() if k != "val_history"}), flush=True)

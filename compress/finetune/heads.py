@@ -233,10 +233,11 @@ def _linear_params(n_patches, d_model, horizon):
 
 
 def attach_reconstructed_head(model: nn.Module, horizon: Optional[int] = None, *, kernel_size: int = 3,
-                              rank: Optional[int] = None, seed: Optional[int] = None) -> nn.Module:
-    """Replace a patch backbone's flatten-linear head by a `ReconstructedHead`, in place.
+                              rank: Optional[int] = None, seed: Optional[int] = None,
+                              inplace: bool = False) -> nn.Module:
+    """A copy of `model` whose flatten-linear head is a `ReconstructedHead` (`inplace=True`: `model` itself).
 
-    The model is modified in place and returned (copy it first to keep the original).
+    As everywhere in compress, the input model is not modified unless `inplace=True`.
     Only the head changes: the backbone's tensors and their `requires_grad` stay as they
     were; every parameter of the new head trains. `model.horizon` becomes `horizon`, which
     may exceed the backbone's native one (load data with the new horizon:
@@ -248,25 +249,33 @@ def attach_reconstructed_head(model: nn.Module, horizon: Optional[int] = None, *
         kernel_size: kernel of the depth-wise convolution over the patch axis.
         rank: factorise the horizon map (None: one Linear from the reconstructed patches).
         seed: seeds the new head's initialisation (None: the global generator).
+        inplace: replace the head of `model` itself instead of a deep copy's.
 
     Returns:
-        The same model object.
+        The model with the new head: a copy, or `model` itself with `inplace=True`.
 
     Raises:
         ValueError: the family has no patch-based flatten head (names the supported ones).
+        TypeError: `inplace=False` and the model cannot be deep-copied (suggests `inplace=True`).
 
     Example:
         >>> m = compress.models.load("patchtst", size="tiny")                 # doctest: +SKIP
-        >>> attach_reconstructed_head(m, horizon=24)(torch.randn(2, 32, 3)).shape  # doctest: +SKIP
-        torch.Size([2, 24, 3])
+        >>> m24 = attach_reconstructed_head(m, horizon=24)                      # doctest: +SKIP
+        >>> m24(torch.randn(2, 32, 3)).shape, m.horizon                         # doctest: +SKIP
+        (torch.Size([2, 24, 3]), 8)
     """
     site = _site(model)
     if site.check:
         site.check(model)
+    _geometry(model, site)  # unsupported geometry fails before any copy
+    if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+        raise ValueError(f"reconstructed head: horizon={horizon!r} must be a positive integer")
+    if not inplace:
+        from ..guards import deepcopy_model
+
+        model = deepcopy_model(model, "attach_reconstructed_head", "change the head of")
     old, n_patches, d_model, patch_len = _geometry(model, site)
     h = int(model.horizon if horizon is None else horizon)
-    if isinstance(horizon, bool) or h < 1:
-        raise ValueError(f"reconstructed head: horizon={horizon!r} must be a positive integer")
     replaced = getattr(old, "replaced_params", 0) or sum(t.numel() for t in old.parameters())
     if seed is not None:
         state = torch.random.get_rng_state()

@@ -117,13 +117,12 @@ def _attach_head(model: nn.Module, ctx: Context, required: bool) -> bool:
         return False
     if not heads.supports_reconstructed_head(model):
         if required:
-            heads.attach_reconstructed_head(model, horizon=ctx.horizon, **ctx.head_options)  # raises the clear error
+            heads.attach_reconstructed_head(model, horizon=ctx.horizon, inplace=True, **ctx.head_options)  # raises
         warnings.warn(f"finetune(method='trace'): {type(model).__name__} has no patch-based backbone for the "
                       "reconstructed head; running Gated DSIC with the model's own head", stacklevel=4)
         return False
-    new = heads.attach_reconstructed_head(model, horizon=ctx.horizon, **ctx.head_options)
-    if new is not model:
-        raise RuntimeError("compress.finetune.heads.attach_reconstructed_head must modify the model in place")
+    # in place: `finetune` already works on its own copy unless the caller passed inplace=True
+    heads.attach_reconstructed_head(model, horizon=ctx.horizon, inplace=True, **ctx.head_options)
     return True
 
 

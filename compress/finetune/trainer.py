@@ -202,6 +202,9 @@ def finetune(model: nn.Module, train, val, *, method: str = "full", epochs: int 
     from .trace import TraceConfig
 
     cfg = config or FinetuneConfig(epochs=epochs, lr=lr, patience=patience, batch_size=batch_size, **options)
+    if head_options and "inplace" in head_options:
+        raise ValueError("finetune: head_options cannot set 'inplace' (finetune attaches the head to the model it "
+                         "trains; pass inplace= to finetune itself)")
     lora_settings = LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=targets)
     if isinstance(trace, dict):
         trace = TraceConfig(**trace)

@@ -3,6 +3,7 @@
     nice -n 10 python benchmarks/peft/experiment.py --models patchtst_pre ttm \
         --datasets ETTh1 ETTm1 weather --horizons 96 336 [--out benchmarks/results/peft/peft.jsonl]
     python benchmarks/peft/experiment.py --report benchmarks/results/peft/peft.jsonl   # markdown table
+    python benchmarks/peft/experiment.py --claim benchmarks/results/peft/peft.jsonl    # claim check per cell
 
 Per (model, dataset, horizon), every method gets the same training budget: `--steps`
 optimiser steps of batch `--batch-size` (in `--epochs` checks of the validation loss on
@@ -14,7 +15,8 @@ optimiser steps of batch `--batch-size` (in `--epochs` checks of the validation 
   lora+head         LoRA + the reconstructed head (`head="reconstructed"`)
   gated-dsic        LoRA + Gated DSIC with the model's own head (`method="trace", head="keep"`; ablation)
   trace             TRACE: LoRA + Gated DSIC (warm-up counts in the budget) + reconstructed head
-  prune-then-trace  `compress.prune(..., "taylor", ratio=--prune-ratio)` (structured), then trace
+  prune-then-trace  `compress.prune(..., "taylor", ratio=--prune-ratio)` (structured; calibration loss on
+                    the checkpoint's native horizon where H is longer), then trace
 
 Horizons above the checkpoint's (PatchTST-mini: 192, TTM r2: 96) have no pretrained
 flatten head: finetune / linear_probe / lora then get a freshly initialised flatten-linear
@@ -126,6 +128,8 @@ def run_cell(args, model_name, dataset, horizon, method, data):
                                       inplace=True, **ft, **lora)
         elif method == "prune-then-trace":
             cal = train.batches(args.batch_size, limit=4, shuffle=True, seed=0)
+            # beyond the checkpoint's horizon the backbone still predicts its native steps: prune on those
+            cal = [(x, y[:, :base.horizon]) for x, y in cal]
             t0 = time.perf_counter()
             pruned = compress.prune(base, compress.criteria.get("taylor", order=2, ema=0.9), ratio=args.prune_ratio,
                                     calibration=cal)
@@ -148,13 +152,20 @@ def run_cell(args, model_name, dataset, horizon, method, data):
             "val_history": [h["val"] for h in tuned.finetune_history], **info}
 
 
-def report(path):
+LABEL = {"lora+head": "lora + reconstructed head", "gated-dsic": "gated-dsic (ablation: own head)"}
+
+
+def _cells(path):
     rows = list(records(path))
     key = lambda r: (r["model"], r["dataset"], r["horizon"])  # noqa: E731
-    out = ["| model | dataset | H | method | MSE | MAE | params | trainable | vs full: trainable | vs full: MSE | s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for k in sorted({key(r) for r in rows}):
-        cell = {r["variant"]: r for r in rows if key(r) == k}
+    return {k: {r["variant"]: r for r in rows if key(r) == k} for k in sorted({key(r) for r in rows})}
+
+
+def report(path):
+    """Markdown table: every record, MSE and trainable parameters against full fine-tuning's."""
+    out = ["| model | dataset | H | method | head | MSE | MAE | params | trainable | vs full: trainable | "
+           "vs full: MSE | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, cell in _cells(path).items():
         full = cell.get("finetune")
         for m in METHODS:
             if m not in cell:
@@ -162,8 +173,48 @@ def report(path):
             r = cell[m]
             rel_t = f"{1 - r['trainable_params'] / full['trainable_params']:.1%} fewer" if full else "n/a"
             rel_m = f"{r['mse'] / full['mse'] - 1:+.1%}" if full else "n/a"
-            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {m} | {r['mse']:.4f} | {r['mae']:.4f} | {r['params']:,} | "
-                       f"{r['trainable_params']:,} | {rel_t} | {rel_m} | {r['train_seconds']:.0f} |")
+            head = r.get("head") or ("fresh" if r["horizon"] > NATIVE[r["model"]] else "pretrained")
+            if head == "kept":
+                head = "fresh" if r["horizon"] > NATIVE[r["model"]] else "pretrained"
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {LABEL.get(m, m)} | {head} | {r['mse']:.4f} | {r['mae']:.4f} | "
+                       f"{r['params']:,} | {r['trainable_params']:,} | {rel_t} | {rel_m} | {r['train_seconds']:.0f} |")
+    return "\n".join(out)
+
+
+def claim(path, variants=("trace", "prune-then-trace"), reduction=0.9, tolerance=0.01):
+    """The issue's claim per cell: `variant` trains >= `reduction` fewer parameters than full
+    fine-tuning with MSE at most `tolerance` above it. Also against the best MSE of full
+    fine-tuning, linear probing and plain LoRA (the paper compares with both)."""
+    import statistics
+
+    out = []
+    for v in variants:
+        lines = [f"#### {v} vs full fine-tuning (holds: trainable >= {reduction:.0%} fewer AND MSE <= "
+                 f"+{tolerance:.0%})", "",
+                 "| model | dataset | H | trainable: full | trainable: " + v + " | fewer | MSE: full | MSE: " + v +
+                 " | vs full | holds | best baseline MSE (which) | vs best |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        red, dm, dbest, n_hold = [], [], [], 0
+        for k, cell in _cells(path).items():
+            full, r = cell.get("finetune"), cell.get(v)
+            if not (full and r):
+                continue
+            fewer = 1 - r["trainable_params"] / full["trainable_params"]
+            d = r["mse"] / full["mse"] - 1
+            holds = fewer >= reduction and d <= tolerance
+            best = min((cell[b] for b in ("finetune", "linear_probe", "lora") if b in cell), key=lambda b: b["mse"])
+            db = r["mse"] / best["mse"] - 1
+            red.append(fewer), dm.append(d), dbest.append(db)
+            n_hold += holds
+            lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {full['trainable_params']:,} | {r['trainable_params']:,} | "
+                         f"{fewer:.1%} | {full['mse']:.4f} | {r['mse']:.4f} | {d:+.1%} | {'yes' if holds else 'no'} | "
+                         f"{best['mse']:.4f} ({best['variant']}) | {db:+.1%} |")
+        if red:
+            lines += ["", f"{v}: the claim holds in **{n_hold} of {len(red)}** cells; median trainable-parameter "
+                      f"reduction {statistics.median(red):.1%} (min {min(red):.1%}); median MSE change vs full "
+                      f"{statistics.median(dm):+.1%} (range {min(dm):+.1%} .. {max(dm):+.1%}); vs the best of "
+                      f"full / linear probe / LoRA: median {statistics.median(dbest):+.1%}, "
+                      f"{sum(x <= tolerance for x in dbest)} of {len(red)} within +{tolerance:.0%}.", ""]
+        out += lines
     return "\n".join(out)
 
 
@@ -187,10 +238,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "peft", "peft.jsonl"))
-    p.add_argument("--report", metavar="JSONL")
+    p.add_argument("--report", metavar="JSONL", help="print the markdown table of a results file")
+    p.add_argument("--claim", metavar="JSONL", help="print the claim check (TRACE vs full fine-tuning) per cell")
     args = p.parse_args(argv)
     if args.report:
         print(report(args.report))
+        return 0
+    if args.claim:
+        print(claim(args.claim))
         return 0
     torch.set_num_threads(args.threads)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -234,6 +234,7 @@ def test_missing_file_says_where_it_looked_and_how_to_fix(tmp_path, monkeypatch)
         data.load("traffic", 96, 96, data_dir=tmp_path)
     msg = str(e.value)
     assert "traffic.csv" in msg and str(tmp_path) in msg and "COMPRESS_DATA_DIR" in msg
+    assert "compress.data.download('traffic')" in msg
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.load(tmp_path / "nope.csv", 96, 96)
 

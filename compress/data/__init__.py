@@ -17,6 +17,9 @@ literature uses, so that numbers measured here are comparable with published one
 - The ``date`` column is checked: rows out of order, repeated timestamps and irregular
   steps are an error (or sorted / deduplicated on request, ``timestamps=``), except the
   known quirks of the standard weather.csv, which load unchanged with a warning.
+- ``download(name)`` fetches a standard file (pinned sha256 where known) into the cache
+  that ``load`` searches (``$COMPRESS_DATA``, default ``~/.cache/compress/data``);
+  ``python -m compress.data list | download NAME`` from a shell.
 
 It is hand-written (``csv`` + numpy, no pandas) to keep ``import compress`` light and
 the borders explicit and tested rather than implied by a dataframe library's defaults.
@@ -34,9 +37,13 @@ Example:
 from __future__ import annotations
 
 from ._checks import SPLITS
+from .fetch import DownloadError, download
 from .generate import synthetic
 from .loaders import available, load
 from .timestamps import TimestampWarning
 from .windows import WindowDataset, from_array
 
-__all__ = ["TimestampWarning", "WindowDataset", "available", "from_array", "load", "synthetic"]
+__all__ = [
+    "DownloadError", "TimestampWarning", "WindowDataset", "available", "download",
+    "from_array", "load", "synthetic",
+]

@@ -46,6 +46,7 @@ _ETT_HOUR = (12 * 30 * 24, 16 * 30 * 24, 20 * 30 * 24)  # 8640, 11520, 14400
 _ETT_MINUTE = tuple(4 * b for b in _ETT_HOUR)  # 34560, 46080, 57600
 
 _ENV_VAR = "COMPRESS_DATA_DIR"
+_CACHE_ENV = "COMPRESS_DATA"  # compress.data.download's cache folder
 _PACKAGE_DATA = Path(__file__).resolve().parent.parent / "_data"
 _REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 _MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "null", "none", "?"})
@@ -84,7 +85,8 @@ def load(
     Names: ETTh1, ETTh2, ETTm1, ETTm2, weather, exchange (exchange_rate), ili
     (national_illness, illness), electricity (ecl), traffic; case-insensitive. A name is
     looked up as a file in: ``data_dir``; the directories in ``$COMPRESS_DATA_DIR``
-    (``os.pathsep``-separated); the package's ``compress/_data`` (ships ETTh1);
+    (``os.pathsep``-separated); the download cache (``$COMPRESS_DATA``, default
+    ``~/.cache/compress/data``: where ``compress.data.download`` puts files); the package's ``compress/_data`` (ships ETTh1);
     ``../shared/data`` beside the repository root; ``../shared/data`` from the working
     directory. A path whose file stem is a known name (``.../ETTm1.csv``) gets that
     set's borders; any other CSV gets the 70/10/20 borders.
@@ -163,12 +165,23 @@ def load(
 
 
 
+def _cache_dir() -> Path:
+    """``$COMPRESS_DATA``, else ``$XDG_CACHE_HOME/compress/data``, else ``~/.cache/compress/data``."""
+    env = os.environ.get(_CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "compress" / "data"
+
+
 def _search_dirs(data_dir) -> list[Path]:
     dirs = []
     if data_dir is not None:
         dirs.append(Path(data_dir))
     env = os.environ.get(_ENV_VAR, "")
     dirs.extend(Path(p) for p in env.split(os.pathsep) if p)
+    dirs.append(_cache_dir())
     dirs.append(_PACKAGE_DATA)
     dirs.append(_REPO_ROOT.parent / "shared" / "data")
     dirs.append(Path.cwd().parent / "shared" / "data")
@@ -192,9 +205,10 @@ def _resolve(name_or_path, data_dir) -> tuple[Path, str | None]:
         looked = "\n  ".join(str(d / f) for d in dirs for f in files)
         raise FileNotFoundError(
             f"dataset {dataset!r}: no {' or '.join(files)} found. Looked in:\n  {looked}\n"
-            f"Fix: download the file (the Autoformer / Time-Series-Library benchmark "
-            f"copy) and pass its path, e.g. load('/path/to/{files[0]}', ...), or pass "
-            f"data_dir=..., or set {_ENV_VAR} to the folder that holds it."
+            f"Fix: compress.data.download({dataset!r}) (or `python -m compress.data download "
+            f"{dataset}`) fetches it to {_cache_dir() / files[0]}; or put the file there "
+            f"by hand, pass its path (load('/path/to/{files[0]}', ...)), pass data_dir=..., "
+            f"or set {_ENV_VAR} to the folder that holds it."
         )
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(

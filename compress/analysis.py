@@ -38,8 +38,10 @@ __all__ = ["activation_probability", "activation_sparsity", "head_output_norms",
            "plot_activation_sparsity", "plot_head_norms", "plot_importance", "short_names"]
 
 
-def _traced(model: nn.Module, batches: Sequence, kinds: Tuple[str, ...], ignore=(), heads=None):
-    """A copy of `model` (tracing may swap `nn.MultiheadAttention`) and its groups of `kinds`."""
+def _traced(model: nn.Module, batches: Sequence, kinds: Tuple[str, ...], ignore=(), heads=None,
+            none_found: Optional[str] = None):
+    """A copy of `model` (tracing may swap `nn.MultiheadAttention`) and its groups of `kinds`
+    (`none_found`: the error message when there are none, for an analysis of one kind)."""
     batches = list(batches)
     if not batches:
         raise ValueError("batches is empty: pass at least one (inputs, target) batch, e.g. "
@@ -55,11 +57,8 @@ def _traced(model: nn.Module, batches: Sequence, kinds: Tuple[str, ...], ignore=
     groups = sorted((g for g in pg.groups if g.kind in kinds), key=lambda g: order.get(id(g.site), 0))  # layer order
     if not groups:
         name = type(model).__name__
-        if kinds == ("heads",):
-            raise G.GraphBuildError(
-                f"{name} has no attention heads that compress recognises (an MLP-Mixer such as TTM has none), so "
-                "head_output_norms has nothing to measure. For hand-written attention pass heads={module_or_name: "
-                "n_heads}; activation_sparsity and importance_distribution(units=('ffn',)) need no heads.")
+        if none_found:
+            raise G.GraphBuildError(none_found.format(name=name))
         raise G.GraphBuildError(f"no {' or '.join(kinds)} units found in {name}: the analyses read FFN channels "
                                 "(a Linear -> activation -> Linear pair) and attention heads; pass heads= for "
                                 "hand-written attention, or ignore= to skip modules that break the trace")
@@ -109,7 +108,11 @@ def head_output_norms(model: nn.Module, batches: Sequence, **trace) -> Dict[str,
     Example:
         >>> head_output_norms(model, batches)   # {"blocks.0.attn.heads": tensor([0.31, 0.02, ...]), ...}  # doctest: +SKIP
     """
-    model, groups, batches = _traced(model, batches, ("heads",), **trace)
+    model, groups, batches = _traced(
+        model, batches, ("heads",), none_found=(
+            "{name} has no attention heads that compress recognises (an MLP-Mixer such as TTM has none), so "
+            "head_output_norms has nothing to measure. For hand-written attention pass heads={{module_or_name: "
+            "n_heads}}; activation_sparsity and importance_distribution(units=('ffn',)) need no heads."), **trace)
     crit = _criteria.get("activation").calibrate(model, batches, groups=groups)
     return {g.name: crit.score(g) for g in groups}
 
@@ -155,7 +158,7 @@ def short_names(names: Sequence[str], max_len: int = 28) -> Tuple[list, str]:
     """Readable, still distinct layer labels for `names` (group names such as
     ``model.backbone.encoder.mixers.0.mixer_layers.1.patch_mixer.mlp.fc1.ffn``).
 
-    Drops the unit kind (``.ffn`` / ``.heads``), the dotted prefix and suffix all names
+    Drops the unit kind (a registered kind's name: ``.ffn``, ``.heads``, ...), the dotted prefix and suffix all names
     share, then words every name has (keeping indices); if still longer than `max_len`, keeps
     the indices and the last word (after the first word, where that differs: ``encoder:``
     / ``decoder:``), and finally cuts what is still too long from the left ("…"). Names stay
@@ -169,7 +172,8 @@ def short_names(names: Sequence[str], max_len: int = 28) -> Tuple[list, str]:
         (['0', '1'], 'm.enc.layers')
     """
     parts = [n.split(".") for n in names]
-    parts = [p[:-1] if len(p) > 1 and p[-1] in ("ffn", "heads") else p for p in parts]
+    kinds = set(G.available_kinds())
+    parts = [p[:-1] if len(p) > 1 and p[-1] in kinds else p for p in parts]
     if len(parts) < 2:
         return [".".join(p[-2:]) for p in parts], ".".join(parts[0][:-2]) if parts else ""
 
@@ -268,16 +272,19 @@ def plot_importance(scores: Dict[str, torch.Tensor], path, *, bins: int = 50, ti
     """
     if not scores:
         raise ValueError("nothing to plot: scores is empty")
+    kinds = G.available_kinds()
     by_kind: Dict[str, list] = {}
-    for name, s in scores.items():
-        kind = "heads" if name.endswith(".heads") else "FFN channels" if name.endswith(".ffn") else "units"
+    for name, s in scores.items():  # a group's name ends with its kind's name
+        kind = next((G.get_kind(k).label for k in kinds if name.endswith("." + k)), "units")
         by_kind.setdefault(kind, []).append(torch.as_tensor(s).float().flatten())
     fig, ax = _figure(6.0, 3.6)
     all_s = torch.cat([torch.cat(v) for v in by_kind.values()])
     lo, hi = float(all_s.min()), float(all_s.max())
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
-    colors = {"FFN channels": "#4C72B0", "heads": "#DD8452", "units": "#55A868"}
+    palette = ["#4C72B0", "#DD8452", "#C44E52", "#8172B3", "#937860", "#DA8BC3"]  # one per kind, in registry order
+    colors = {G.get_kind(k).label: palette[i % len(palette)] for i, k in enumerate(kinds)}
+    colors["units"] = "#55A868"
     for kind, parts in by_kind.items():
         s = torch.cat(parts).numpy()
         ax.hist(s, bins=bins, range=(lo, hi), alpha=0.6, label=f"{kind} ({len(s)})", color=colors[kind])

@@ -19,7 +19,8 @@ from compress.graph import checks as checks_module
 from compress.graph.kinds import FFN
 from compress.strategies import structured as structured_module
 from compress.strategies.base import checked_scores
-from tiny import ConvFFNForecaster, GatedFFNForecaster, HandAttention, TinyForecaster, TorchEncoderForecaster, batches
+from tiny import (ConcatFFNForecaster, ConvFFNForecaster, FusedGLUForecaster, GatedFFNForecaster, HandAttention,
+                  TinyForecaster, TorchEncoderForecaster, batches)
 
 X = torch.randn(4, 16, 3)
 MODELS = [TinyForecaster, TorchEncoderForecaster, ConvFFNForecaster, GatedFFNForecaster]
@@ -131,6 +132,51 @@ def test_every_family_prunes_to_its_original_with_the_removed_units_zeroed(name)
     cal = [(torch.randn(x.shape, generator=g), torch.randn(y.shape, generator=g))]
     small = compress.prune(model, "taylor", ratio=0.5, example_inputs=x, calibration=cal, scope="global")
     check_pruned_equals_zeroed(model, small, [x])
+
+
+# --- FFN channels that pass a concat or split (defect 1) --------------------------------
+
+@pytest.mark.parametrize("Model", [ConcatFFNForecaster, FusedGLUForecaster])
+def test_an_ffn_whose_channels_pass_a_concat_or_split_is_reported_not_prunable(Model):
+    # cat([side, fc1(x)]) feeds fc2 24 + 16 columns; chunk(2) feeds it half of fc1's 48 rows:
+    # cutting fc1's raw indices from fc2 would remove the wrong columns (or break the forward)
+    model = Model().eval()
+    pg = G.build(copy.deepcopy(model), X)
+    assert not [g for g in pg.groups if g.kind == "ffn"]
+    assert "not one FFN group" in pg.not_prunable["fc1"] and "concat" in pg.not_prunable["fc1"]
+    with pytest.raises(G.GraphBuildError, match=r"cat\(\[side, fc1\(x\)\]\)"):
+        prune(model, "magnitude", {}, batches(model, 2), units=("ffn",))
+
+
+class ConcatBesidePlainFFN(nn.Module):
+    """A plain FFN (prunable) after one whose consumer reads cat([side, act(fc1(x))])."""
+
+    def __init__(self, L=16, H=4, C=3, d=16, f=24):
+        super().__init__()
+        self.H, self.C = H, C
+        self.embed = nn.Linear(C, d)
+        self.fc1, self.fc2 = nn.Linear(d, f), nn.Linear(d + f, d)
+        self.up, self.down = nn.Linear(d, f), nn.Linear(f, d)
+        self.head = nn.Linear(L * d, H * C)
+
+    def forward(self, x):
+        z = self.embed(x)
+        z = z + self.fc2(torch.cat([z, F.gelu(self.fc1(z))], dim=-1))
+        z = z + self.down(F.gelu(self.up(z)))
+        return self.head(z.flatten(1)).view(x.shape[0], self.H, self.C)
+
+
+@pytest.mark.parametrize("name", ["magnitude", "taylor"])
+def test_beside_a_concat_ffn_the_plain_ffn_is_cut_right_and_the_concat_one_is_left_whole(name):
+    model = ConcatBesidePlainFFN().eval()
+    cal = batches(model, 2)
+    small = prune(model, name, CRITERIA[name], cal, units=("ffn",))
+    rec = small.compress_pruning[-1]
+    assert set(rec["groups"]) == {"up.ffn"} and rec["groups"]["up.ffn"]["removed"]
+    assert "fc1" in rec["not_prunable"]
+    assert small.fc1.weight.shape == model.fc1.weight.shape and small.fc2.weight.shape == model.fc2.weight.shape
+    torch.testing.assert_close(small.fc2.weight, model.fc2.weight, rtol=0, atol=0)
+    check_pruned_equals_zeroed(model, small, [x for x, _ in batches(model, 2, seed=5)])
 
 
 # --- mutation check: the checks above must fail against a wrong engine -----------------

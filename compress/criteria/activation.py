@@ -18,6 +18,7 @@ from typing import Dict
 
 import torch
 
+from ..graph.kinds import get_kind
 from .base import Criterion, ScoreTable, WeightGroup, channels_last, default_loss, forward_loss, register
 
 
@@ -47,7 +48,7 @@ class Activation(Criterion):
             stats[id(g)] = {"num": 0.0, "den": 0.0, "mag": 0.0}
             if isinstance(g, WeightGroup):
                 hooks.append(g.module.register_forward_pre_hook(self._input_norm_hook(g, stats[id(g)])))
-            elif g.kind == "heads":
+            elif get_kind(g.kind).attention:  # heads: contribution through the output projection
                 for spec in g.specs():  # coupled heads: contributions of every layer add up
                     hooks.append(spec.module.register_forward_pre_hook(
                         self._block_input_hook(stats[id(g)]), with_kwargs=True))
@@ -80,7 +81,7 @@ class Activation(Criterion):
             else:
                 score = torch.as_tensor(num) / max(float(den), 1e-12)
                 self._probability.set(g, score)
-                if g.kind != "heads" and den:  # FFN: break ties by mean |activation| (< 1/den)
+                if not get_kind(g.kind).attention and den:  # FFN: break ties by mean |activation| (< 1/den)
                     mag = torch.as_tensor(stats[id(g)]["mag"]) / float(den)
                     score = score + 0.5 / float(den) * mag / (1.0 + mag)
                 self._scores.set(g, score)

@@ -52,7 +52,7 @@ def build(model: nn.Module, example_inputs, *, ignore: Iterable = (), heads: Opt
         protected: modules left dense (input embedding, head); inferred if None.
         prune_heads: find attention-head groups (and swap `nn.MultiheadAttention`).
         units: the unit kinds to find (`compress.graph.available_kinds()`); None: every
-            kind that is found by default, less "heads" unless `prune_heads`.
+            kind that is found by default, less the attention kinds ("heads") unless `prune_heads`.
         hooks: the model's `PruningHooks` (handed to each kind's `find`).
         time_limit_s: the limit of the whole build (tracing and grouping).
         root_time_limit_s: the budget of each grouping call (default: a quarter of
@@ -105,15 +105,16 @@ def _build(model, example_inputs, ignore, heads, protected, prune_heads, time_li
 
     by_name.clear()  # it holds modules the MHA swap replaces: let them go
     if units is None:
-        units = [k for k in available_kinds(default_only=True) if k != "heads" or prune_heads]
+        units = [k for k in available_kinds(default_only=True) if prune_heads or not get_kind(k).attention]
     units = [get_kind(k).name for k in units]  # unknown names fail here, clearly
+    wants_attention = any(get_kind(k).attention for k in units)  # head kinds need the recognised attention
     swapped: list = []
-    if "heads" in units:
+    if wants_attention:
         swap_torch_mha(model, swapped)
         names = _module_names(model)
     ignored_ids = {id(m) for m in ignored}
     specs: List[AttentionSpec] = []
-    if "heads" in units:
+    if wants_attention:
         for m in model.modules():
             if id(m) in ignored_ids:
                 continue

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .kinds import get_kind
 from .outputs import flatten
 from .tracing import _module_names, module_trail, run_model
 from .units import UnitGroup
@@ -58,16 +59,8 @@ class Snapshot:
 
 
 def touched(group: UnitGroup) -> Tuple[List[nn.Module], List[object]]:
-    """(modules, other objects) whose state a cut of `group` changes."""
-    mods: List[nn.Module] = []
-    extra: List[object] = [group]
-    if group.kind == "heads":
-        for spec in group.specs():
-            mods += list(spec.module.modules())
-            mods += [owner for owner, _, _ in spec.per_head if isinstance(owner, nn.Module)]
-            extra.append(spec)
-    else:
-        mods += list(group.dg_out) + list(group.dg_in)
+    """(modules, other objects) whose state a cut of `group` changes (its kind's `touched`)."""
+    mods, extra = get_kind(group.kind).touched(group)
     return list({id(m): m for m in mods}.values()), extra
 
 
@@ -150,8 +143,9 @@ def _zero_units(site: nn.Module, width: int, idxs: Sequence[int]):
     return hook
 
 
-def _width_fix(group: UnitGroup, old_inner: Dict[int, int]) -> List[str]:
-    """Set the width attributes that still hold the old inner width; return their names."""
+def update_width_attrs(group: UnitGroup, old_inner: Dict[int, int]) -> List[str]:
+    """Set the width attributes (`WIDTH_ATTRS`) of `group`'s attention modules that still hold
+    the old inner width (`old_inner`: per spec id); return their names (the heads' `repair`)."""
     changed = []
     for spec in group.specs():
         new_inner = spec.v.out_features
@@ -204,14 +198,15 @@ def cut_checked(prune_group: Callable[[UnitGroup, Sequence[int]], None], model: 
         ref, err = run({id(g): (g, idxs)})
         if err is not None:  # cannot happen: every accepted cut passed this check
             raise RuntimeError(f"the model stopped running after accepted cuts: {err}")
+        kind = get_kind(g.kind)
         snap = Snapshot(*touched(g))
-        old_inner = {id(s): s.v.out_features for s in g.specs()} if g.kind == "heads" else {}
+        state = kind.cut_state(g)
         prune_group(g, idxs)
         out, err = run()
         problem = err or compare_outputs(ref, out, rtol)
         tried: List[str] = []
-        if problem is not None and g.kind == "heads":
-            tried = _width_fix(g, old_inner)
+        if problem is not None:
+            tried = kind.repair(g, state)
             if tried:
                 out, err2 = run()
                 p2 = err2 or compare_outputs(ref, out, rtol)
@@ -223,28 +218,13 @@ def cut_checked(prune_group: Callable[[UnitGroup, Sequence[int]], None], model: 
             report.removed[g.name] = idxs
             continue
         snap.restore()
-        report.failed[g.name] = _explain(g, problem, tried, names)
+        report.failed[g.name] = kind.explain_failure(g, problem, tried, names)
         log(report.failed[g.name])
     return report
 
 
-def _explain(g: UnitGroup, problem: str, tried: List[str], names: Dict[nn.Module, str]) -> str:
-    if g.kind != "heads":
-        return (f"cutting {g.name} breaks the model ({problem}); it is left unpruned. Exclude its layers "
-                f"with ignore=[...] or prune the other units only")
-    mod = g.attention.module
-    name, cls = names.get(mod, "?"), type(mod).__name__
-    attrs = ("updated " + ", ".join(tried) + " and still failed") if tried else "no width attribute held the old inner width"
-    return (f"cutting heads of {name!r} ({cls}) breaks the model ({problem}); {attrs}. The module keeps its "
-            f"head count or inner width somewhere the engine does not update, or its heads are not separable "
-            f"(a shared value projection): it is left unpruned. Name the head-count attribute with "
-            f"heads={{{name!r}: 'attr'}}, teach the engine its layout with compress.graph.register_attention "
-            f"(an AttentionSpec with fix=...), or prune FFN only with units=('ffn',)")
-
-
 def finite_outputs(out) -> bool:
     return all(torch.isfinite(t).all() for t in flatten(out)[0] if isinstance(t, torch.Tensor) and t.is_floating_point())
-
 
 
 def group_records(model: nn.Module, groups: Sequence[UnitGroup], original: Dict[int, int],

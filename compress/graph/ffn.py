@@ -53,8 +53,9 @@ def find_ffn_groups(dg: tp.DependencyGraph, names: Dict[nn.Module, str], protect
 
     Returns:
         (groups, slow, failed): the FFN groups, the names of the roots whose grouping call
-        ran past its budget, and {name: why} of roots torch-pruning failed to group (both
-        not prunable; the rest of the model is unaffected).
+        ran past its budget, and {name: why} of roots torch-pruning failed to group or whose
+        channels pass a concat / split before the consumer (all not prunable; the rest of the
+        model is unaffected).
     """
     groups: List[UnitGroup] = []
     slow: List[str] = []
@@ -105,8 +106,10 @@ def find_ffn_groups(dg: tp.DependencyGraph, names: Dict[nn.Module, str], protect
         # torch-pruning maps channels one to one through ops it does not know (F.glu halves
         # the width, a reshape folds it): such a "group" would cut the wrong channels
         if any(_out_width(o) != n for o in outs) or _in_width(ins[0]) != n:
-            log(f"{name}: {n} producer channels but {_in_width(ins[0])} consumer channels "
-                f"({names.get(ins[0], '?')}), not one FFN group")
+            failed[name] = (f"{n} producer channels but {_in_width(ins[0])} consumer channels "
+                            f"({names.get(ins[0], '?')}): they pass a concat, split or reshape in between "
+                            "(a fused GLU's chunk(2), cat([side, fc1(x)])), not one FFN group; left unpruned")
+            log(f"{name}: {failed[name]}")
             continue
         groups.append(UnitGroup(names.get(m, "?") + ".ffn", "ffn", n, ins[0], 1, dg_out=outs, dg_in=ins))
     return groups, slow, failed

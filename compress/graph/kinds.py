@@ -11,7 +11,13 @@ small class registered with `register_kind`. It says
   site's input, such as whole layers, overrides it),
 * how to **cut** units physically (`cut`), and
 * how to **fix up** attributes and configs afterwards (`after_cut`; heads update their
-  head-count attributes there, through `AttentionSpec`).
+  head-count attributes there, through `AttentionSpec`),
+* which module state a cut changes (`touched`: the forward check snapshots it), how to
+  **repair** a cut that broke the forward (`cut_state` / `repair`: heads update stale
+  width attributes) and how to **explain** one that could not be repaired
+  (`explain_failure`), and
+* whether its units are attention heads (`attention`: finding them needs the attention
+  recognisers and the `nn.MultiheadAttention` drop-in; `build(prune_heads=False)` skips them).
 
 Strategies and criteria iterate over groups and ask their kind; no file outside this
 one needs to know the names "ffn" or "heads".
@@ -82,6 +88,11 @@ class UnitKind:
     name: ClassVar[str] = "base"
     #: found only when asked for explicitly (e.g. `units=("layers",)`), not by default
     opt_in: ClassVar[bool] = False
+    #: its groups are attention heads (`group.attention` is an `AttentionSpec`): `build`
+    #: recognises attention modules (and swaps `nn.MultiheadAttention`) only for such kinds
+    attention: ClassVar[bool] = False
+    #: how plots and summaries name its units
+    label: ClassVar[str] = "units"
 
     def find(self, ctx: FindContext) -> List[UnitGroup]:
         raise NotImplementedError
@@ -111,6 +122,25 @@ class UnitKind:
     def after_cut(self, group: UnitGroup, model: nn.Module) -> None:
         """Bring attributes and configs in line with the new sizes (default: nothing)."""
 
+    def touched(self, group: UnitGroup) -> Tuple[List[nn.Module], List[object]]:
+        """(modules, other objects) whose state a cut of `group` changes (snapshotted by the
+        forward check, restored exactly when the cut fails)."""
+        return list(group.dg_out) + list(group.dg_in), [group]
+
+    def cut_state(self, group: UnitGroup) -> object:
+        """What `repair` needs to know about `group` from before its cut (default: nothing)."""
+        return None
+
+    def repair(self, group: UnitGroup, state: object) -> List[str]:
+        """After a cut of `group` broke the forward: try to fix it; return what was changed
+        (empty: nothing to try, the cut is undone)."""
+        return []
+
+    def explain_failure(self, group: UnitGroup, problem: str, tried: List[str], names: Dict[nn.Module, str]) -> str:
+        """Why a cut of `group` was undone, and what the user can do about it."""
+        return (f"cutting {group.name} breaks the model ({problem}); it is left unpruned. Exclude its layers "
+                f"with ignore=[...] or prune the other units only")
+
 
 def register_kind(cls: type) -> type:
     """Class decorator: register a `UnitKind` subclass under its `name`."""
@@ -137,6 +167,7 @@ class FFN(UnitKind):
     """Intermediate channels of a feed-forward block (one producer or a gated pair, one consumer)."""
 
     name = "ffn"
+    label = "FFN channels"
 
     def find(self, ctx: FindContext) -> List[UnitGroup]:
         from .ffn import find_ffn_groups
@@ -157,6 +188,8 @@ class Heads(UnitKind):
     """Whole attention heads of a recognised attention module (`AttentionSpec`)."""
 
     name = "heads"
+    attention = True
+    label = "heads"
 
     def find(self, ctx: FindContext) -> List[UnitGroup]:
         from .coupling import coupled_attention
@@ -176,3 +209,31 @@ class Heads(UnitKind):
     def cut(self, group: UnitGroup, idxs: Sequence[int]) -> None:
         for spec in group.specs():  # coupled layers (residual attention) lose the same heads
             spec.prune_heads(idxs)  # fixes the head-count attributes too
+
+    def touched(self, group: UnitGroup) -> Tuple[List[nn.Module], List[object]]:
+        mods: List[nn.Module] = []
+        extra: List[object] = [group]
+        for spec in group.specs():
+            mods += list(spec.module.modules())
+            mods += [owner for owner, _, _ in spec.per_head if isinstance(owner, nn.Module)]
+            extra.append(spec)
+        return mods, extra
+
+    def cut_state(self, group: UnitGroup) -> Dict[int, int]:
+        return {id(s): s.v.out_features for s in group.specs()}  # the old inner width per layer
+
+    def repair(self, group: UnitGroup, state: Dict[int, int]) -> List[str]:
+        from .checks import update_width_attrs
+
+        return update_width_attrs(group, state)
+
+    def explain_failure(self, group: UnitGroup, problem: str, tried: List[str], names: Dict[nn.Module, str]) -> str:
+        mod = group.attention.module
+        name, cls = names.get(mod, "?"), type(mod).__name__
+        attrs = ("updated " + ", ".join(tried) + " and still failed") if tried else \
+            "no width attribute held the old inner width"
+        return (f"cutting heads of {name!r} ({cls}) breaks the model ({problem}); {attrs}. The module keeps its "
+                f"head count or inner width somewhere the engine does not update, or its heads are not separable "
+                f"(a shared value projection): it is left unpruned. Name the head-count attribute with "
+                f"heads={{{name!r}: 'attr'}}, teach the engine its layout with compress.graph.register_attention "
+                f"(an AttentionSpec with fix=...), or prune FFN only with units=('ffn',)")

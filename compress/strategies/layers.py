@@ -188,6 +188,7 @@ class Layers(UnitKind):
 
     name = "layers"
     opt_in = True
+    label = "layers"
 
     def find(self, ctx):
         raise ValueError('units=("layers",) are whole blocks: prune them with strategy="layers"')

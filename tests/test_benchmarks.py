@@ -162,6 +162,24 @@ def test_when_the_ptf_report_is_made_then_the_claim_check_reads_the_records(tmp_
     assert "1.70x" in out and "not re-timed" in out and "same shapes" in out
 
 
+def test_when_a_variant_is_compared_with_match_then_each_cell_sits_beside_its_reference(tmp_path, capsys):
+    from benchmarks.ptf.experiment import compare
+
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_text("".join(json.dumps(r) + "\n" for r in [_ptf_record("a", "prune-then-finetune", 0.40, 80),
+                                                         _ptf_record("a", "finetune", 0.50, 100)]))
+    new.write_text(json.dumps(_ptf_record("a", "prune-then-finetune-authors", 0.42, 60)) + "\n")
+    compare(str(new), str(old))  # no cell of that method in OLD: nothing beside it
+    row = next(line for line in capsys.readouterr().out.splitlines() if "authors" in line)
+    assert "0.4000" not in row and "0.4200" in row
+    compare(str(new), str(old), ["prune-then-finetune-authors=prune-then-finetune"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if "authors" in line)
+    assert "prune-then-finetune-authors vs prune-then-finetune" in row
+    assert "0.4000" in row and "80%" in row and "0.4200" in row and "60%" in row and "+5.0%" in row
+    with pytest.raises(SystemExit, match="NEW_METHOD=OLD_METHOD"):
+        compare(str(new), str(old), ["prune-then-finetune-authors"])
+
+
 def test_when_pruned_cell_models_are_retimed_then_each_gets_a_speedup_record(tmp_path):
     pytest.importorskip("tsfm_public")
     import torch

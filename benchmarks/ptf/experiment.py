@@ -4,6 +4,8 @@
         [--horizon 96] [--epochs 2] [--max-train-batches 100] [--test-stride 4] \
         [--out benchmarks/results/ptf.jsonl]
     python benchmarks/ptf/experiment.py --report benchmarks/results/ptf.jsonl
+    python benchmarks/ptf/experiment.py --report NEW.jsonl --compare OLD.jsonl \
+        [--match prune-then-finetune-authors=prune-then-finetune]
 
 Methods per (model, dataset, horizon):
   zero-shot            the pretrained model as shipped
@@ -180,13 +182,22 @@ def _last(path):
     return {cell_key(r): r for r in records(path)}
 
 
-def compare(new_path, old_path):
-    """Markdown: every cell of `new_path` beside the same cell of `old_path` (a re-measure)."""
+def compare(new_path, old_path, match=()):
+    """Markdown: every cell of `new_path` beside the same cell of `old_path` (a re-measure), or,
+    with `match` (["NEW_METHOD=OLD_METHOD", ...]), beside the cell of another method (a variant
+    against its reference)."""
     from tabulate import tabulate
     new, old = _last(new_path), _last(old_path)
+    as_old = {}
+    for m in match:
+        a, sep, b = m.partition("=")
+        if not sep or not a or not b:
+            raise SystemExit(f"--match {m!r}: write NEW_METHOD=OLD_METHOD, e.g. "
+                             "prune-then-finetune-authors=prune-then-finetune")
+        as_old[a] = b
     rows = []
     for key, r in sorted(new.items(), key=lambda kv: (kv[0][1].lower(), kv[0][2], kv[0][0], kv[0][3])):
-        o = old.get(key)
+        o = old.get((*key[:3], as_old.get(key[3], key[3])))
 
         def cell(x):
             if not x:
@@ -197,7 +208,8 @@ def compare(new_path, old_path):
                                                               f"{x['chosen_round']}/{x['rounds'] - 1}")
         (nm, nk, nr), (om, ok, orr) = cell(r), cell(o)
         delta = f"{(r['mse'] / o['mse'] - 1) * 100:+.1f}%" if o and not o.get("error") and not r.get("error") else ""
-        rows.append([*key[1:3], key[0], key[3], om, ok, orr, nm, nk, nr, delta])
+        method = key[3] if key[3] not in as_old else f"{key[3]} vs {as_old[key[3]]}"
+        rows.append([*key[1:3], key[0], method, om, ok, orr, nm, nk, nr, delta])
     print(tabulate(rows, headers=["dataset", "H", "model", "method", "old MSE", "old kept", "old round (chosen/last)",
                                   "new MSE", "new kept", "new round (chosen/last)", "MSE change"],
                    tablefmt="github", disable_numparse=True))
@@ -295,9 +307,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--report")
     ap.add_argument("--compare", metavar="OLD", help="with --report NEW: each cell of NEW beside OLD's")
+    ap.add_argument("--match", nargs="*", default=[], metavar="NEW=OLD",
+                    help="with --compare: set NEW's cells of method NEW beside OLD's cells of method OLD "
+                         "(e.g. prune-then-finetune-authors=prune-then-finetune)")
     args = ap.parse_args()
     if args.report and args.compare:
-        return compare(args.report, args.compare)
+        return compare(args.report, args.compare, args.match)
     if args.report:
         return report(args.report, args.latency_out)
     torch.set_num_threads(args.threads)

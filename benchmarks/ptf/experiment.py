@@ -210,8 +210,9 @@ def compare(new_path, old_path, match=()):
         delta = f"{(r['mse'] / o['mse'] - 1) * 100:+.1f}%" if o and not o.get("error") and not r.get("error") else ""
         method = key[3] if key[3] not in as_old else f"{key[3]} vs {as_old[key[3]]}"
         rows.append([*key[1:3], key[0], method, om, ok, orr, nm, nk, nr, delta])
-    print(tabulate(rows, headers=["dataset", "H", "model", "method", "old MSE", "old kept", "old round (chosen/last)",
-                                  "new MSE", "new kept", "new round (chosen/last)", "MSE change"],
+    a, b = ("reference", "variant") if as_old else ("old", "new")
+    print(tabulate(rows, headers=["dataset", "H", "model", "method", f"{a} MSE", f"{a} kept", f"{a} round (chosen/last)",
+                                  f"{b} MSE", f"{b} kept", f"{b} round (chosen/last)", "MSE change"],
                    tablefmt="github", disable_numparse=True))
 
 

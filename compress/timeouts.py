@@ -28,6 +28,7 @@ import ctypes
 import heapq
 import itertools
 import math
+import sys
 import threading
 import time
 from typing import Callable, List, Optional
@@ -51,6 +52,12 @@ _heap: List[tuple] = []  # (deadline, seq, limit)
 _seq = itertools.count()
 _watchdog: Optional[threading.Thread] = None
 _local = threading.local()
+# thread id -> the limit whose exception the watchdog last injected there and that no
+# `__exit__` has seen delivered or cleared yet. An inner limit's exit clears a pending
+# exception only when it is its own, so an outer limit that expired at the same moment
+# (a watchdog woken late fires both) is never lost; and an inner limit never overwrites a
+# pending outer one (the outer unwinds through the inner anyway).
+_pending: dict = {}
 
 
 def _set_async(thread_id: int, exc) -> int:
@@ -73,7 +80,19 @@ def _watch() -> None:
                 continue
             heapq.heappop(_heap)
             if not limit.done and not limit.fired:
+                top = sys._current_frames().get(limit.thread_id)
+                if top is not None and top.f_code in _OWN_CODE:
+                    # The thread stands in a limit's own __enter__/__exit__ (we hold the GIL, so
+                    # it is stopped between two bytecodes there). An exception injected now
+                    # would surface at that method's first bytecode, before its handler, and
+                    # escape as the raw internal class: look again in half a millisecond.
+                    heapq.heappush(_heap, (time.monotonic() + 0.0005, next(_seq), limit))
+                    continue
                 limit.fired = True
+                pending = _pending.get(limit.thread_id)
+                if pending is not None and not pending.done and pending.seq < limit.seq:
+                    continue  # an outer limit's exception is already on its way
+                _pending[limit.thread_id] = limit
                 _set_async(limit.thread_id, limit.exc_class)
 
 
@@ -126,6 +145,7 @@ class time_limit:
         self.done = self.fired = False
         self.thread_id = None
         self.deadline = None
+        self.seq = None
         self.exc_class = type("TimeLimitExpired", (_Expired,), {"token": self})
 
     def __enter__(self) -> "time_limit":
@@ -139,7 +159,8 @@ class time_limit:
         stack.append(self)
         with _lock:
             _ensure_watchdog()
-            heapq.heappush(_heap, (self.deadline, next(_seq), self))
+            self.seq = next(_seq)  # entry order: a smaller seq is an outer limit of the same thread
+            heapq.heappush(_heap, (self.deadline, self.seq, self))
             _wake.notify()
         return self
 
@@ -152,10 +173,17 @@ class time_limit:
         try:
             with _lock:
                 self.done = True
-                fired = self.fired
                 _wake.notify()
-            if fired and not self._ours(exc_type):
-                _set_async(self.thread_id, None)  # expired as the block ended: drop the pending exception
+                pending = _pending.get(self.thread_id)
+                if (pending is not None and exc_type is not None and issubclass(exc_type, _Expired)
+                        and exc_type.token is pending):
+                    del _pending[self.thread_id]  # delivered: it is the exception unwinding now
+                    pending = None
+                if pending is self:
+                    # expired as the block ended, not delivered: drop our pending exception
+                    # (only ours: an outer limit's stays pending and unwinds this block)
+                    del _pending[self.thread_id]
+                    _set_async(self.thread_id, None)
         except _Expired as late:  # delivered during this exit
             if late.token is not self:
                 raise
@@ -169,6 +197,10 @@ class time_limit:
         if self._ours(exc_type):
             raise self.error(self.message) from None
         return False
+
+
+_OWN_CODE = frozenset({time_limit.__enter__.__code__, time_limit.__exit__.__code__,
+                       time_limit._ours.__code__})
 
 
 def remaining() -> Optional[float]:

@@ -3,7 +3,8 @@
     python examples/depth_pruning.py [--quick]
 
 `compress.prune(model, "dominance", strategy="layers")` scores every encoder block on
-calibration windows (1 - linear CKA of its input and output) and removes the lowest third
+calibration windows (the default measure, "removal": the calibration-loss increase with the
+block skipped) and removes the lowest third
 (1 of 3 blocks) physically; a short fine-tune realigns the rest (caps: 4 batches of 8, one
 epoch; --quick: 2). The table compares the original, the shallow model and the realigned
 one: sizes, FLOPs, latency and speedup from one interleaved timing, and MSE on every 32nd

@@ -122,6 +122,26 @@ def test_angular_removes_the_consecutive_window_that_moves_the_state_least():
     assert small.compress_pruning[-1]["stacks"]["blocks"]["removed"] == [2, 3]
 
 
+def test_default_measure_is_the_best_mean_predictor_in_the_committed_depth_results():
+    """The rule stated in the docstring: the default is the measure with the highest mean Spearman
+    correlation over every block-scores record in benchmarks/results/depth/ (rounded as quoted)."""
+    import json
+    from compress.criteria.dominance import DEFAULT_MEASURE_EVIDENCE, MEASURES, Dominance
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "depth")
+    last = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".jsonl"):
+            for line in open(os.path.join(folder, name)):
+                r = json.loads(line)
+                if r["method"] == "block-scores":
+                    last[(r["model"], r["dataset"])] = r
+    assert len(last) >= 11
+    mean = {m: sum(r["spearman"][m] for r in last.values()) / len(last) for m in MEASURES}
+    assert {m: round(v, 2) for m, v in mean.items()} == pytest.approx(DEFAULT_MEASURE_EVIDENCE, abs=0.006)
+    assert Dominance().measure == max(mean, key=mean.get) == "removal"
+
+
 def test_dominance_refuses_unit_groups_and_the_layers_strategy_refuses_unit_criteria():
     model = TinyForecaster().eval()
     x = torch.randn(4, 16, 3)

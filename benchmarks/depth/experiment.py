@@ -16,13 +16,22 @@ own setting (ETTm1, input 96, horizon 192; they were trained for it):
   prune            `compress.prune(strategy="layers")` at ratio 0.25 / 0.5 / 0.75 of the
                    blocks, selected by dominance (the default measure), random, first-k,
                    last-k; and keep="auto" (dominance, tolerance 10 % on validation)
-  prune-then-finetune  the same models after the realignment fine-tune
+  prune-then-finetune  the same models after the realignment fine-tune (--realign-method:
+                   full, lora or both, one record each; trainable parameters and training
+                   seconds recorded)
+
+LoRA vs full realignment (only the realigned cells, the pruned models rebuilt, not re-recorded):
+
+    python benchmarks/depth/experiment.py --models ttm patchtst_deep --datasets ETTh1 ETTm1 \
+        --ratios 0.75 --baselines-at --realign-method full lora --only-realign \
+        --out benchmarks/results/depth/realign/lora.jsonl
 
 Everything is sized for a shared 2-core CPU: calibration and validation are a few fixed
 batches, realignment is one short epoch (--realign-batches), test windows are strided
 (stated per record). Latency: the cell's model and the unpruned model are timed in the same
-process, interleaved (base, cell, base; median of --repeats each, 1 thread), speedup = the
-lower base median / the cell's. One JSON line per cell; cells already in the file are skipped.
+process, interleaved (--pairs base-then-cell pairs, 1 thread), speedup = the median of the
+per-pair ratios. One JSON line per cell; cells already in the file are skipped (realigned
+cells are keyed by their realignment method and learning rate).
 """
 from __future__ import annotations
 
@@ -82,9 +91,17 @@ def records(path):
                 yield json.loads(line)
 
 
+BASE_LR = 1e-4  # the --lr default: realignments at it are keyed by their method alone
+
+
 def realign_method(r):
-    """'full' or 'lora' for a prune-then-finetune record (older records: full), else None."""
-    return (r.get("realign") or {}).get("method", "full") if r["method"] == "prune-then-finetune" else None
+    """The realignment of a prune-then-finetune record, else None: 'full' or 'lora' (older
+    records: full), with '@lr=...' when its learning rate is not BASE_LR."""
+    if r["method"] != "prune-then-finetune":
+        return None
+    rl = r.get("realign") or {}
+    lr = rl.get("lr", BASE_LR)
+    return rl.get("method", "full") + ("" if abs(lr - BASE_LR) < 1e-12 else f"@lr={lr:g}")
 
 
 def cell_key(r):
@@ -179,6 +196,7 @@ def run(args):
             ft = dict(epochs=1, lr=args.lr, patience=1, batch_size=args.batch_size,
                       max_train_batches=args.realign_batches, max_val_batches=args.validation_batches,
                       progress=False)
+            rft = dict(ft, lr=args.realign_lr if args.realign_lr is not None else args.lr)
             base = load_model(model_name, horizon).eval()
 
             def emit(rec):
@@ -195,12 +213,12 @@ def run(args):
                 return rec
 
             # 1. per-block scores vs real removal loss
-            if (model_name, dataset, "block-scores", None, None, None, None) not in done:
+            if not args.only_realign and (model_name, dataset, "block-scores", None, None, None, None) not in done:
                 t0 = time.perf_counter()
                 bs = block_scores(base, cal, valb, args.measure)
                 emit({"method": "block-scores", **bs, "seconds_total": round(time.perf_counter() - t0, 1)})
             # 2. the unpruned model, zero-shot and fine-tuned with the realignment budget
-            for method in ("zero-shot", "finetune"):
+            for method in () if args.only_realign else ("zero-shot", "finetune"):
                 rec = {"method": method, "strategy": None, "ratio": 0.0, "select": None, "keep": None}
                 if cell_key({"model": model_name, "dataset": dataset, **rec}) in done:
                     continue
@@ -209,6 +227,9 @@ def run(args):
                     model = base if method == "zero-shot" else compress.finetune(base, train, val, **ft)
                     n_blocks = sum(s.n for s in model_stacks(model))
                     rec.update(blocks_before=n_blocks, blocks_after=n_blocks)
+                    if method == "finetune":
+                        rec.update(trainable_params=model.finetune_info["trainable_params"],
+                                   train_seconds=round(time.perf_counter() - t0, 1))
                     emit(evaluate_cell(model, rec, t0))
                 except Exception as e:  # noqa: BLE001 - a failed cell is recorded, the run goes on
                     emit({**rec, "error": f"{type(e).__name__}: {e}"})
@@ -219,10 +240,13 @@ def run(args):
                 plan.append(("dominance", args.auto_max_ratio, "auto"))
             for sel, ratio, keep in plan:
                 realign = keep == "auto" or sel == "dominance" or ratio in args.realign_all_at
-                methods = ["prune"] + (["prune-then-finetune"] if realign else [])
-                keys = [{"method": m, "select": sel, "ratio": ratio, "keep": keep,
-                         "realign": {"method": args.realign_method}} for m in methods]
-                if all(cell_key({"model": model_name, "dataset": dataset, **k}) in done for k in keys):
+                if args.only_realign and not realign:
+                    continue
+                keys = ([] if args.only_realign else [{"method": "prune", "select": sel, "ratio": ratio, "keep": keep}])
+                keys += [{"method": "prune-then-finetune", "select": sel, "ratio": ratio, "keep": keep,
+                          "realign": {"method": rm, "lr": rft["lr"]}} for rm in (args.realign_method if realign else ())]
+                todo = [k for k in keys if cell_key({"model": model_name, "dataset": dataset, **k}) not in done]
+                if not todo:
                     continue
                 t0 = time.perf_counter()
                 crit = (compress.criteria.get("dominance", measure=args.measure) if sel == "dominance"
@@ -239,14 +263,20 @@ def run(args):
                     info = {"blocks_before": pr["blocks_before"], "blocks_after": pr["blocks_after"],
                             "removed": {p: s["removed"] for p, s in pr["stacks"].items() if s["removed"]},
                             **({"auto": pr["auto"]} if "auto" in pr else {})}
-                    if cell_key({"model": model_name, "dataset": dataset, **keys[0]}) not in done:
-                        emit(evaluate_cell(pruned, {"method": "prune", **common, **info}, t0))
-                    if realign:
+                    for k in todo:
+                        if k["method"] == "prune":
+                            emit(evaluate_cell(pruned, {"method": "prune", **common, **info}, t0))
+                            continue
+                        rm = k["realign"]["method"]
                         t1 = time.perf_counter()
-                        extra = {} if args.realign_method == "full" else {"method": args.realign_method}
-                        tuned = compress.finetune(pruned, train, val, **ft, **extra)
+                        extra = {} if rm == "full" else {"method": rm}
+                        tuned = compress.finetune(pruned, train, val, **rft, **extra)
+                        fi = tuned.finetune_info
+                        realigned = dict(rft, method=rm, **({"lora": {kk: fi["lora"].get(kk) for kk in ("rank", "alpha")}}
+                                                           if "lora" in fi else {}))
                         emit(evaluate_cell(tuned, {"method": "prune-then-finetune", **common, **info,
-                                                   "realign": dict(ft, method=args.realign_method)}, t1))
+                                                   "realign": realigned, "trainable_params": fi["trainable_params"],
+                                                   "train_seconds": round(time.perf_counter() - t1, 1)}, t1))
                 except Exception as e:  # noqa: BLE001
                     emit({"method": "prune", **common, "error": f"{type(e).__name__}: {e}"})
 
@@ -269,11 +299,17 @@ def main(argv=None):
     ap.add_argument("--calibration-batches", type=int, default=2)
     ap.add_argument("--validation-batches", type=int, default=4)
     ap.add_argument("--realign-batches", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--realign-method", default="full",
-                    help="compress.finetune method for the realignment: 'full', or 'lora' (issue 11; the adapters "
-                         "are merged after training). The full fine-tune baseline stays full; with the same --out, "
-                         "only the missing realigned cells run")
+    ap.add_argument("--lr", type=float, default=BASE_LR)
+    ap.add_argument("--realign-lr", type=float, default=None,
+                    help="learning rate of the realignment (default: --lr); records at another rate than "
+                         f"{BASE_LR:g} are keyed 'METHOD@lr=RATE', so they sit next to the others in one file")
+    ap.add_argument("--realign-method", nargs="+", default=["full"], choices=["full", "lora"],
+                    help="compress.finetune method(s) of the realignment: 'full', 'lora' (adapters merged after "
+                         "training) or both (one record each, the same pruned model, the same budget). The full "
+                         "fine-tune baseline stays full; with the same --out, only the missing realigned cells run")
+    ap.add_argument("--only-realign", action="store_true",
+                    help="run only the realigned cells: no block scores, zero-shot, finetune or prune records "
+                         "(the pruned models are rebuilt for realignment, their records are in other files)")
     ap.add_argument("--pairs", type=int, default=15, help="interleaved base/model timing pairs per cell")
     ap.add_argument("--timing-batch", type=int, default=4, help="windows in the timing batch")
     ap.add_argument("--threads", type=int, default=1)

@@ -2,6 +2,11 @@
 
     python benchmarks/depth/report.py [benchmarks/results/depth]        # markdown to stdout
     python benchmarks/depth/report.py --plot [benchmarks/results/depth] # block_scores.png there
+
+The main tables read the *.jsonl files of the folder; the LoRA-vs-full realignment table reads
+its subfolder `realign/` (both realignments of the same pruned model, run in one process, so
+their training seconds compare; kept apart so that its repeated full realignments do not
+replace the main runs' records).
 """
 from __future__ import annotations
 
@@ -17,6 +22,17 @@ MEASURES = ("cosine", "angular", "cka", "removal")
 CLAIM_KEEP, CLAIM_MSE, CLAIM_SPEEDUP = 0.30, 0.02, 2.0
 
 
+BASE_LR = 1e-4  # as in experiment.py: realignments at another rate are keyed "METHOD@lr=RATE"
+
+
+def realign_tag(r):
+    if r["method"] != "prune-then-finetune":
+        return None
+    rl = r.get("realign") or {}
+    lr = rl.get("lr", BASE_LR)
+    return rl.get("method", "full") + ("" if abs(lr - BASE_LR) < 1e-12 else f"@lr={lr:g}")
+
+
 def load(path=DEFAULT):
     files = sorted(glob.glob(os.path.join(path, "*.jsonl"))) if os.path.isdir(path) else [path]
     last = {}
@@ -25,8 +41,8 @@ def load(path=DEFAULT):
             if not line.strip():
                 continue
             r = json.loads(line)
-            rm = (r.get("realign") or {}).get("method", "full") if r["method"] == "prune-then-finetune" else None
-            key = (r["model"], r["dataset"], r["method"], r.get("select"), r.get("ratio"), r.get("keep"), rm)
+            key = (r["model"], r["dataset"], r["method"], r.get("select"), r.get("ratio"), r.get("keep"),
+                   realign_tag(r))
             last[key] = r
     return last
 
@@ -72,7 +88,7 @@ def cells_table(last):
         removed = "auto" if r.get("keep") == "auto" else f"{r.get('ratio', 0):.0%}"
         kept = f"{r.get('blocks_after')}/{r.get('blocks_before')}"
         rng = r.get("speedup_range") or [float("nan")] * 2
-        method = r["method"] + (" (lora)" if key[6] == "lora" else "")
+        method = r["method"] + (f" ({key[6]})" if key[6] not in (None, "full") else "")
         out.append(f"| {r['model']} | {r['dataset']} | {method} | {r.get('select') or ''} | {removed} | {kept} | "
                    f"{_f(r['mse'])} | {_f(r['mae'])} | {r['params'] / r['params_base']:.0%} | "
                    f"{_f(r.get('flops_reduction'), '{:.2f}x')} | {_f(r['speedup'], '{:.2f}x')} "
@@ -104,21 +120,31 @@ def claim_table(last):
     return "\n".join(out)
 
 
-def lora_table(last):
-    """Realignment by LoRA (adapters merged) next to the full realignment of the same pruned cell."""
-    out = ["| model | dataset | select | removed | blocks kept | before realignment | full realignment | LoRA realignment | fine-tuned full model |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for k, r in sorted(last.items(), key=lambda kv: str(kv[0])):
-        if k[6] != "lora" or r.get("error"):
+def lora_table(last, paired):
+    """LoRA realignment (adapters merged) next to the full realignment of the same pruned model.
+
+    `paired`: the records of the realign/ folder (both realignments, one process); `last`: the
+    main records (the pruned model before realignment, the fine-tuned unpruned model)."""
+    out = ["| model | dataset | removed | blocks kept | lr | MSE before | full: MSE | LoRA: MSE | full: trainable | "
+           "LoRA: trainable | full: train s | LoRA: train s | fine-tuned unpruned MSE |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, r in sorted(paired.items(), key=lambda kv: str(kv[0])):
+        if not (k[6] or "").startswith("lora") or r.get("error"):
             continue
-        full = last.get(k[:6] + ("full",))
+        full = paired.get(k[:6] + (k[6].replace("lora", "full", 1),))
         before = last.get((k[0], k[1], "prune", k[3], k[4], k[5], None))
         ft = last.get((k[0], k[1], "finetune", None, 0.0, None, None))
         removed = "auto" if r.get("keep") == "auto" else f"{r.get('ratio', 0):.0%}"
-        out.append(f"| {k[0]} | {k[1]} | {k[3]} | {removed} | {r['blocks_after']}/{r['blocks_before']} | "
-                   f"{_f(before and before.get('mse'))} | {_f(full and full.get('mse'))} | {_f(r['mse'])} | "
+        f = full or {}
+        out.append(f"| {k[0]} | {k[1]} | {removed} | {r['blocks_after']}/{r['blocks_before']} | "
+                   f"{r['realign']['lr']:g} | {_f(before and before.get('mse'))} | {_f(f.get('mse'))} | "
+                   f"{_f(r['mse'])} | {_f(f.get('trainable_params'), '{:,}')} | {_f(r.get('trainable_params'), '{:,}')} | "
+                   f"{_f(f.get('train_seconds'), '{:.1f}')} | {_f(r.get('train_seconds'), '{:.1f}')} | "
                    f"{_f(ft and ft.get('mse'))} |")
-    return "\n".join(out) if len(out) > 2 else ""
+    if len(out) == 2:
+        return ""
+    commands = sorted({r["command"] for r in paired.values() if r.get("command")})
+    return "\n".join(out) + "\n\n" + "\n".join(f"    {c}" for c in commands)
 
 
 def report(path=DEFAULT):
@@ -127,9 +153,10 @@ def report(path=DEFAULT):
     print(spearman_table(last))
     print("\n### The claim: keep ≤ 30 % of the blocks, within 2 % of the fine-tuned full model's MSE, ≥ 2x faster\n")
     print(claim_table(last))
-    lt = lora_table(last)
+    realign_dir = os.path.join(path, "realign") if os.path.isdir(path) else None
+    lt = lora_table(last, load(realign_dir)) if realign_dir and os.path.isdir(realign_dir) else ""
     if lt:
-        print("\n### Realignment: full fine-tune vs LoRA (test MSE)\n")
+        print("\n### Realignment: full fine-tune vs LoRA, same pruned model and budget (test MSE)\n")
         print(lt)
     print("\n### Every cell\n")
     print(cells_table(last))

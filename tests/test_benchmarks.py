@@ -196,3 +196,35 @@ def test_when_pruned_cell_models_are_retimed_then_each_gets_a_speedup_record(tmp
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["model"], r["method"]) for r in recs] == [("ttm", "prune-then-finetune")]
     assert recs[0]["speedup"] > 0 and len(recs[0]["latency_base_ms"]) == 2
+
+
+def _depth_record(method, realign=None, mse=0.4, **extra):
+    r = {"model": "m", "dataset": "ETTh1", "method": method, "select": "dominance", "ratio": 0.75, "keep": None,
+         "mse": mse, "blocks_before": 8, "blocks_after": 2, "command": "python benchmarks/depth/experiment.py x"}
+    if realign is not None:
+        r["realign"] = realign
+    r.update(extra)
+    return r
+
+
+def test_when_depth_cells_are_realigned_by_lora_and_full_then_keys_and_the_report_keep_them_apart(tmp_path):
+    from benchmarks.depth.experiment import cell_key
+    from benchmarks.depth.report import load, lora_table
+
+    old_full = _depth_record("prune-then-finetune", {"lr": 1e-4})  # records from before the method was stored
+    full = _depth_record("prune-then-finetune", {"method": "full", "lr": 1e-4}, 0.38, trainable_params=200,
+                         train_seconds=2.0)
+    lora = _depth_record("prune-then-finetune", {"method": "lora", "lr": 1e-4}, 0.39, trainable_params=100,
+                         train_seconds=3.0)
+    lora_hi = _depth_record("prune-then-finetune", {"method": "lora", "lr": 1e-3}, 0.37, trainable_params=100,
+                            train_seconds=3.1)
+    assert cell_key(old_full) == cell_key(full)
+    assert len({cell_key(r) for r in (full, lora, lora_hi)}) == 3
+    main_dir, paired_dir = tmp_path, tmp_path / "realign"
+    paired_dir.mkdir()
+    (main_dir / "run.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        _depth_record("prune", mse=0.5), _depth_record("finetune", select=None, ratio=0.0, mse=0.36), old_full)))
+    (paired_dir / "lora.jsonl").write_text("\n".join(json.dumps(r) for r in (full, lora, lora_hi)))
+    rows = [line for line in lora_table(load(str(main_dir)), load(str(paired_dir))).splitlines() if line.startswith("| m ")]
+    assert rows[0].split(" | ")[4:13] == ["0.0001", "0.5000", "0.3800", "0.3900", "200", "100", "2.0", "3.0", "0.3600 |"]
+    assert rows[1].split(" | ")[4:8] == ["0.001", "0.5000", "", "0.3700"]  # no full realignment at that rate

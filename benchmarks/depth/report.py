@@ -70,6 +70,19 @@ def spearman_table(last):
     if rows:
         out.append("| **mean** | | | " + " | ".join(_f(sum(v) / len(v) if v else None, "**{:+.2f}**") for m, v in per.items())
                    + " |" + " |" * len(MEASURES))
+        means = {m: sum(v) / len(v) for m, v in per.items() if v}
+        best = max(means, key=means.get)
+        sys.path.insert(0, os.path.join(HERE, "..", ".."))
+        from compress.criteria.dominance import DEFAULT_MEASURE
+
+        out.append(f"\nThe rule for the `dominance` default: the measure with the highest mean ρ over every pair "
+                   f"above ({len(rows)} pairs): **{best}** ({means[best]:+.2f}; "
+                   + ", ".join(f"{m} {means[m]:+.2f}" for m in sorted(means, key=means.get, reverse=True) if m != best)
+                   + f"). The criterion's default (`compress.criteria.dominance.DEFAULT_MEASURE`): **{DEFAULT_MEASURE}**"
+                   + ("." if DEFAULT_MEASURE == best else " (DIFFERS from the rule: update it).")
+                   + " Measure(s) the dominance cells below used: "
+                   + ", ".join(sorted({str(r.get("measure")) for r in last.values() if r.get("select") == "dominance"}))
+                   + ".")
     return "\n".join(out)
 
 
@@ -149,6 +162,11 @@ def lora_table(last, paired):
 
 def report(path=DEFAULT):
     last = load(path)
+    commands = sorted({r["command"] for r in last.values() if r.get("command")})
+    print("# Depth pruning by layer dominance (issue 10)\n")
+    print("Made by `python benchmarks/depth/report.py benchmarks/results/depth > benchmarks/results/depth/report.md`"
+          " from the records of:\n")
+    print("\n".join(f"    {c}" for c in commands) + "\n")
     print("### Which measure predicts the real removal loss (Spearman ρ per model; s = seconds to score)\n")
     print(spearman_table(last))
     print("\n### The claim: keep ≤ 30 % of the blocks, within 2 % of the fine-tuned full model's MSE, ≥ 2x faster\n")
@@ -158,6 +176,9 @@ def report(path=DEFAULT):
     if lt:
         print("\n### Realignment: full fine-tune vs LoRA, same pruned model and budget (test MSE)\n")
         print(lt)
+        notes = os.path.join(realign_dir, "README.md")
+        if os.path.exists(notes):  # the hand-written reading of that table
+            print("\n" + open(notes).read().strip())
     print("\n### Every cell\n")
     print(cells_table(last))
 

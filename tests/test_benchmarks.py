@@ -218,13 +218,16 @@ def test_when_depth_cells_are_realigned_by_lora_and_full_then_keys_and_the_repor
                          train_seconds=3.0)
     lora_hi = _depth_record("prune-then-finetune", {"method": "lora", "lr": 1e-3}, 0.37, trainable_params=100,
                             train_seconds=3.1)
+    ft_hi = _depth_record("finetune", select=None, ratio=0.0, mse=0.35, lr=1e-3)
     assert cell_key(old_full) == cell_key(full)
     assert len({cell_key(r) for r in (full, lora, lora_hi)}) == 3
+    assert cell_key(_depth_record("finetune", lr=1e-4)) == cell_key(_depth_record("finetune")) != cell_key(ft_hi)
     main_dir, paired_dir = tmp_path, tmp_path / "realign"
     paired_dir.mkdir()
     (main_dir / "run.jsonl").write_text("\n".join(json.dumps(r) for r in (
         _depth_record("prune", mse=0.5), _depth_record("finetune", select=None, ratio=0.0, mse=0.36), old_full)))
-    (paired_dir / "lora.jsonl").write_text("\n".join(json.dumps(r) for r in (full, lora, lora_hi)))
+    (paired_dir / "lora.jsonl").write_text("\n".join(json.dumps(r) for r in (full, lora, lora_hi, ft_hi)))
     rows = [line for line in lora_table(load(str(main_dir)), load(str(paired_dir))).splitlines() if line.startswith("| m ")]
     assert rows[0].split(" | ")[4:13] == ["0.0001", "0.5000", "0.3800", "0.3900", "200", "100", "2.0", "3.0", "0.3600 |"]
-    assert rows[1].split(" | ")[4:8] == ["0.001", "0.5000", "", "0.3700"]  # no full realignment at that rate
+    # no full realignment at that rate; the unpruned fine-tune at the same rate
+    assert rows[1].split(" | ")[4:8] + rows[1].split(" | ")[-1:] == ["0.001", "0.5000", "", "0.3700", "0.3500 |"]

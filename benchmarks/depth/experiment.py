@@ -95,13 +95,18 @@ BASE_LR = 1e-4  # the --lr default: realignments at it are keyed by their method
 
 
 def realign_method(r):
-    """The realignment of a prune-then-finetune record, else None: 'full' or 'lora' (older
-    records: full), with '@lr=...' when its learning rate is not BASE_LR."""
+    """What trained a record, for its key: a prune-then-finetune record's realignment, 'full' or
+    'lora' (older records: full), with '@lr=...' when its learning rate is not BASE_LR; a
+    finetune record: None at BASE_LR (older records have no lr), else 'full@lr=...'; else None."""
+    def at(lr):
+        return "" if abs(lr - BASE_LR) < 1e-12 else f"@lr={lr:g}"
+
+    if r["method"] == "finetune":
+        return "full" + at(r["lr"]) if at(r.get("lr", BASE_LR)) else None
     if r["method"] != "prune-then-finetune":
         return None
     rl = r.get("realign") or {}
-    lr = rl.get("lr", BASE_LR)
-    return rl.get("method", "full") + ("" if abs(lr - BASE_LR) < 1e-12 else f"@lr={lr:g}")
+    return rl.get("method", "full") + at(rl.get("lr", BASE_LR))
 
 
 def cell_key(r):
@@ -177,8 +182,16 @@ def block_scores(base, cal, val, default_measure):
     return out
 
 
+STAGES = ("block-scores", "zero-shot", "finetune", "prune", "realign")
+
+
 def run(args):
     done = {cell_key(r) for r in records(args.out) if not r.get("error")}
+    only = set(args.only or ()) | ({"realign"} if args.only_realign else set())
+
+    def want(stage):
+        return not only or stage in only
+
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/depth/experiment.py " + " ".join(sys.argv[1:])
@@ -213,13 +226,15 @@ def run(args):
                 return rec
 
             # 1. per-block scores vs real removal loss
-            if not args.only_realign and (model_name, dataset, "block-scores", None, None, None, None) not in done:
+            if want("block-scores") and (model_name, dataset, "block-scores", None, None, None, None) not in done:
                 t0 = time.perf_counter()
                 bs = block_scores(base, cal, valb, args.measure)
                 emit({"method": "block-scores", **bs, "seconds_total": round(time.perf_counter() - t0, 1)})
             # 2. the unpruned model, zero-shot and fine-tuned with the realignment budget
-            for method in () if args.only_realign else ("zero-shot", "finetune"):
+            for method in [m for m in ("zero-shot", "finetune") if want(m)]:
                 rec = {"method": method, "strategy": None, "ratio": 0.0, "select": None, "keep": None}
+                if method == "finetune":
+                    rec["lr"] = ft["lr"]
                 if cell_key({"model": model_name, "dataset": dataset, **rec}) in done:
                     continue
                 t0 = time.perf_counter()
@@ -240,11 +255,10 @@ def run(args):
                 plan.append(("dominance", args.auto_max_ratio, "auto"))
             for sel, ratio, keep in plan:
                 realign = keep == "auto" or sel == "dominance" or ratio in args.realign_all_at
-                if args.only_realign and not realign:
-                    continue
-                keys = ([] if args.only_realign else [{"method": "prune", "select": sel, "ratio": ratio, "keep": keep}])
+                keys = [{"method": "prune", "select": sel, "ratio": ratio, "keep": keep}] if want("prune") else []
                 keys += [{"method": "prune-then-finetune", "select": sel, "ratio": ratio, "keep": keep,
-                          "realign": {"method": rm, "lr": rft["lr"]}} for rm in (args.realign_method if realign else ())]
+                          "realign": {"method": rm, "lr": rft["lr"]}}
+                         for rm in (args.realign_method if realign and want("realign") else ())]
                 todo = [k for k in keys if cell_key({"model": model_name, "dataset": dataset, **k}) not in done]
                 if not todo:
                     continue
@@ -307,9 +321,10 @@ def main(argv=None):
                     help="compress.finetune method(s) of the realignment: 'full', 'lora' (adapters merged after "
                          "training) or both (one record each, the same pruned model, the same budget). The full "
                          "fine-tune baseline stays full; with the same --out, only the missing realigned cells run")
-    ap.add_argument("--only-realign", action="store_true",
-                    help="run only the realigned cells: no block scores, zero-shot, finetune or prune records "
-                         "(the pruned models are rebuilt for realignment, their records are in other files)")
+    ap.add_argument("--only", nargs="+", choices=STAGES, default=None,
+                    help="run only these kinds of cells (default: all); 'realign' without 'prune' rebuilds the "
+                         "pruned models for realignment without recording them again")
+    ap.add_argument("--only-realign", action="store_true", help="the same as --only realign")
     ap.add_argument("--pairs", type=int, default=15, help="interleaved base/model timing pairs per cell")
     ap.add_argument("--timing-batch", type=int, default=4, help="windows in the timing batch")
     ap.add_argument("--threads", type=int, default=1)

@@ -25,12 +25,18 @@ CLAIM_KEEP, CLAIM_MSE, CLAIM_SPEEDUP = 0.30, 0.02, 2.0
 BASE_LR = 1e-4  # as in experiment.py: realignments at another rate are keyed "METHOD@lr=RATE"
 
 
+def _at(lr):
+    return "" if abs(lr - BASE_LR) < 1e-12 else f"@lr={lr:g}"
+
+
 def realign_tag(r):
+    """As experiment.realign_method: what trained the record (None: nothing, or a BASE_LR finetune)."""
+    if r["method"] == "finetune":
+        return "full" + _at(r["lr"]) if _at(r.get("lr", BASE_LR)) else None
     if r["method"] != "prune-then-finetune":
         return None
     rl = r.get("realign") or {}
-    lr = rl.get("lr", BASE_LR)
-    return rl.get("method", "full") + ("" if abs(lr - BASE_LR) < 1e-12 else f"@lr={lr:g}")
+    return rl.get("method", "full") + _at(rl.get("lr", BASE_LR))
 
 
 def load(path=DEFAULT):
@@ -137,16 +143,19 @@ def lora_table(last, paired):
     """LoRA realignment (adapters merged) next to the full realignment of the same pruned model.
 
     `paired`: the records of the realign/ folder (both realignments, one process); `last`: the
-    main records (the pruned model before realignment, the fine-tuned unpruned model)."""
+    main records (the pruned model before realignment, the fine-tuned unpruned model at BASE_LR;
+    at another rate it is looked up in `paired`)."""
     out = ["| model | dataset | removed | blocks kept | lr | MSE before | full: MSE | LoRA: MSE | full: trainable | "
-           "LoRA: trainable | full: train s | LoRA: train s | fine-tuned unpruned MSE |",
+           "LoRA: trainable | full: train s | LoRA: train s | fine-tuned unpruned MSE (same lr) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in sorted(paired.items(), key=lambda kv: str(kv[0])):
         if not (k[6] or "").startswith("lora") or r.get("error"):
             continue
         full = paired.get(k[:6] + (k[6].replace("lora", "full", 1),))
         before = last.get((k[0], k[1], "prune", k[3], k[4], k[5], None))
-        ft = last.get((k[0], k[1], "finetune", None, 0.0, None, None))
+        lr = r["realign"]["lr"]
+        ft_key = (k[0], k[1], "finetune", None, 0.0, None, ("full" + _at(lr)) if _at(lr) else None)
+        ft = paired.get(ft_key) or last.get(ft_key)  # the unpruned model fine-tuned at the same rate
         removed = "auto" if r.get("keep") == "auto" else f"{r.get('ratio', 0):.0%}"
         f = full or {}
         out.append(f"| {k[0]} | {k[1]} | {removed} | {r['blocks_after']}/{r['blocks_before']} | "

@@ -231,3 +231,12 @@ def test_when_depth_cells_are_realigned_by_lora_and_full_then_keys_and_the_repor
     assert rows[0].split(" | ")[4:13] == ["0.0001", "0.5000", "0.3800", "0.3900", "200", "100", "2.0", "3.0", "0.3600 |"]
     # no full realignment at that rate; the unpruned fine-tune at the same rate
     assert rows[1].split(" | ")[4:8] + rows[1].split(" | ")[-1:] == ["0.001", "0.5000", "", "0.3700", "0.3500 |"]
+
+
+def test_when_only_realign_is_asked_then_no_other_depth_stage_runs():
+    from benchmarks.depth.experiment import STAGES, parse, selected
+
+    assert all(selected(parse([]), s) for s in STAGES)
+    for argv in (["--only-realign"], ["--only", "realign"]):
+        assert [s for s in STAGES if selected(parse(argv), s)] == ["realign"]
+    assert [s for s in STAGES if selected(parse(["--only", "finetune", "prune"]), s)] == ["finetune", "prune"]

@@ -185,12 +185,17 @@ def block_scores(base, cal, val, default_measure):
 STAGES = ("block-scores", "zero-shot", "finetune", "prune", "realign")
 
 
+def selected(args, stage) -> bool:
+    """Whether this run makes the cells of `stage` (--only, --only-realign; default: every stage)."""
+    stages = set(args.only or ()) | ({"realign"} if args.only_realign else set())
+    return not stages or stage in stages
+
+
 def run(args):
     done = {cell_key(r) for r in records(args.out) if not r.get("error")}
-    only = set(args.only or ()) | ({"realign"} if args.only_realign else set())
 
     def want(stage):
-        return not only or stage in only
+        return selected(args, stage)
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -295,7 +300,7 @@ def run(args):
                     emit({"method": "prune", **common, "error": f"{type(e).__name__}: {e}"})
 
 
-def main(argv=None):
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["patchtst_deep", "ttm", "patchtst_pre", "transformer_e6",
                                                     "crossformer"])
@@ -329,8 +334,11 @@ def main(argv=None):
     ap.add_argument("--timing-batch", type=int, default=4, help="windows in the timing batch")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "depth", "run.jsonl"))
-    args = ap.parse_args(argv)
-    run(args)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    run(parse(argv))
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> List[str]:
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as e:  # pragma: no cover - pinned in setup.cfg
-        raise ImportError("method='lora'/'trace' needs peft: pip install 'peft==0.21.2' (see README)") from e
+        raise ImportError("method='lora'/'trace' needs peft: pip install 'compress-tsfm[peft]' (or 'peft==0.21.2', the tested version)") from e
     names = resolve_targets(model, settings.targets)
     cfg = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                      target_modules=names, bias="none")

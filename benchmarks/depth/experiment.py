@@ -91,22 +91,9 @@ def records(path):
                 yield json.loads(line)
 
 
-BASE_LR = 1e-4  # the --lr default: realignments at it are keyed by their method alone
-
-
-def realign_method(r):
-    """What trained a record, for its key: a prune-then-finetune record's realignment, 'full' or
-    'lora' (older records: full), with '@lr=...' when its learning rate is not BASE_LR; a
-    finetune record: None at BASE_LR (older records have no lr), else 'full@lr=...'; else None."""
-    def at(lr):
-        return "" if abs(lr - BASE_LR) < 1e-12 else f"@lr={lr:g}"
-
-    if r["method"] == "finetune":
-        return "full" + at(r["lr"]) if at(r.get("lr", BASE_LR)) else None
-    if r["method"] != "prune-then-finetune":
-        return None
-    rl = r.get("realign") or {}
-    return rl.get("method", "full") + at(rl.get("lr", BASE_LR))
+# The record keys are shared with the (torch-free) report: one definition of what trained a
+# record ('full' / 'lora', '@lr=...' off BASE_LR, the --lr default) serves both.
+from benchmarks.depth.report import BASE_LR, realign_tag as realign_method  # noqa: E402
 
 
 def cell_key(r):

@@ -22,7 +22,7 @@ MEASURES = ("cosine", "angular", "cka", "removal")
 CLAIM_KEEP, CLAIM_MSE, CLAIM_SPEEDUP = 0.30, 0.02, 2.0
 
 
-BASE_LR = 1e-4  # as in experiment.py: realignments at another rate are keyed "METHOD@lr=RATE"
+BASE_LR = 1e-4  # the experiment's --lr default: realignments at another rate are keyed "METHOD@lr=RATE"
 
 
 def _at(lr):
@@ -30,7 +30,10 @@ def _at(lr):
 
 
 def realign_tag(r):
-    """As experiment.realign_method: what trained the record (None: nothing, or a BASE_LR finetune)."""
+    """What trained a record, for its key (experiment.py keys resume with it too): a
+    prune-then-finetune record's realignment, 'full' or 'lora' (older records: full), with
+    '@lr=...' when its learning rate is not BASE_LR; a finetune record: None at BASE_LR (older
+    records have no lr), else 'full@lr=...'; anything else None."""
     if r["method"] == "finetune":
         return "full" + _at(r["lr"]) if _at(r.get("lr", BASE_LR)) else None
     if r["method"] != "prune-then-finetune":

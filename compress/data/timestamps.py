@@ -105,23 +105,26 @@ def _iso(cells):
         try:
             return np.array(cells, dtype="datetime64[us]"), None
         except ValueError:
-            pass
-        for i, cell in enumerate(cells):
-            try:
-                np.datetime64(cell, "us")
-            except ValueError:
-                return None, i
-    return None, 0
+            return _first_bad(cells, _datetime)
 
 
 def _number(cells):
     try:
         return np.asarray(cells, dtype=np.float64), None
     except ValueError:
-        pass
+        return _first_bad(cells, float)
+
+
+def _datetime(text):
+    return np.datetime64(text, "us")
+
+
+def _first_bad(cells, parse):
+    """After a vectorised parse failed: (None, index of the first cell `parse` rejects), or
+    (None, 0) when each cell parses alone."""
     for i, cell in enumerate(cells):
         try:
-            float(cell)
+            parse(cell)
         except ValueError:
             return None, i
     return None, 0
@@ -142,12 +145,7 @@ def _pattern(pattern, y, m, d):
         try:
             return np.array(iso, dtype="datetime64[us]"), None
         except ValueError:  # e.g. month 13: the other day / month order
-            for i, text in enumerate(iso):
-                try:
-                    np.datetime64(text, "us")
-                except ValueError:
-                    return None, i
-        return None, 0
+            return _first_bad(iso, _datetime)
 
     return read
 

@@ -179,6 +179,71 @@ def test_beside_a_concat_ffn_the_plain_ffn_is_cut_right_and_the_concat_one_is_le
     check_pruned_equals_zeroed(model, small, [x for x, _ in batches(model, 2, seed=5)])
 
 
+# --- ground truth, independent of any criterion's scores -------------------------------
+
+DEAD_CHANNELS, DEAD_HEAD = [1, 4, 9, 14, 19, 22, 27, 30], 2  # 8 of 32 channels, 1 of 4 heads: ratio 0.25
+
+
+def with_dead_units():
+    """A TinyForecaster (ReLU) whose DEAD_CHANNELS never fire and whose DEAD_HEAD adds ~1e-3 of
+    a head's output. Their weights are scaled by 1e-3, not zeroed (the engine removes all-zero
+    units first whatever the scores say, which would hide a reversed criterion); the channels'
+    fc1 bias is -0.05, far below what rows that small can reach. The live channels' bias is +0.3 so
+    that none of them happens to be silent on the calibration batches."""
+    model = TinyForecaster(act=F.relu).eval()
+    with torch.no_grad():
+        for b in model.blocks:
+            b.fc1.bias.fill_(0.3)
+            b.fc1.weight[DEAD_CHANNELS] *= 1e-3
+            b.fc1.bias[DEAD_CHANNELS] = -0.05
+            b.fc2.weight[:, DEAD_CHANNELS] *= 1e-3
+            d = b.attn.q_proj.out_features // 4
+            sl = slice(DEAD_HEAD * d, (DEAD_HEAD + 1) * d)
+            for lin in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj):
+                lin.weight[sl] *= 1e-3
+                lin.bias[sl] *= 1e-3
+            b.attn.out_proj.weight[:, sl] *= 1e-3
+    return model
+
+
+def check_dead_units_were_removed(model, small, cal):
+    rec = small.compress_pruning[-1]["groups"]
+    for gname, g in rec.items():
+        assert g["removed"] == (DEAD_CHANNELS if g["kind"] == "ffn" else [DEAD_HEAD]), (gname, g["removed"])
+    with torch.no_grad():  # the removed units were (nearly) dead, so (almost) nothing changes
+        for x, _ in cal:
+            y = model(x)
+            torch.testing.assert_close(small(x), y, rtol=1e-2, atol=1e-2 * float(y.abs().max()))
+
+
+# Taylor of order 1 (|g·m|): order 2's score is signed by design (a unit whose removal lowers the
+# loss ranks below a dead one), so it has no such known answer.
+GROUND_TRUTH = {"magnitude": {}, "taylor": {"order": 1}, "activation": {}}
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("name", sorted(GROUND_TRUTH))
+def test_prune_removes_the_units_that_contribute_nothing(name, scope):
+    # Known answer, not the criterion's own scores: a criterion whose ranking is reversed (or an
+    # engine that removes the highest-scored units) keeps the dead units and fails here.
+    model = with_dead_units()
+    cal = batches(model, 2)
+    small = prune(model, name, GROUND_TRUTH[name], cal, scope=scope, ratio=0.25)
+    check_dead_units_were_removed(model, small, cal)
+
+
+@pytest.mark.parametrize("name", sorted(GROUND_TRUTH))
+def test_the_dead_unit_check_fails_when_a_criterion_ranks_in_reverse(monkeypatch, name):
+    cls = type(compress.criteria.get(name, **GROUND_TRUTH[name]))
+    original = cls.score
+    monkeypatch.setattr(cls, "score", lambda self, g: -original(self, g))
+    model = with_dead_units()
+    cal = batches(model, 2)
+    small = prune(model, name, GROUND_TRUTH[name], cal, ratio=0.25)
+    with pytest.raises(AssertionError):
+        check_dead_units_were_removed(model, small, cal)
+
+
 # --- mutation check: the checks above must fail against a wrong engine -----------------
 
 def test_the_checks_fail_when_the_engine_removes_the_highest_scored_units(monkeypatch):

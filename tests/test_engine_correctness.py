@@ -20,7 +20,7 @@ from compress.graph.kinds import FFN
 from compress.strategies import structured as structured_module
 from compress.strategies.base import checked_scores
 from tiny import (ConcatFFNForecaster, ConvFFNForecaster, FusedGLUForecaster, GatedFFNForecaster, HandAttention,
-                  TinyForecaster, TorchEncoderForecaster, batches)
+                  TinyForecaster, TorchEncoderForecaster, batches, zero_heads)
 
 X = torch.randn(4, 16, 3)
 MODELS = [TinyForecaster, TorchEncoderForecaster, ConvFFNForecaster, GatedFFNForecaster]
@@ -197,12 +197,7 @@ def with_dead_units():
             b.fc1.weight[DEAD_CHANNELS] *= 1e-3
             b.fc1.bias[DEAD_CHANNELS] = -0.05
             b.fc2.weight[:, DEAD_CHANNELS] *= 1e-3
-            d = b.attn.q_proj.out_features // 4
-            sl = slice(DEAD_HEAD * d, (DEAD_HEAD + 1) * d)
-            for lin in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj):
-                lin.weight[sl] *= 1e-3
-                lin.bias[sl] *= 1e-3
-            b.attn.out_proj.weight[:, sl] *= 1e-3
+            zero_heads(b.attn, [DEAD_HEAD], 4, scale=1e-3)
     return model
 
 

@@ -127,16 +127,17 @@ def batches(model, n=3, B=4, L=16, C=3, H=4, seed=0):
     return [(torch.randn(B, L, C, generator=g), torch.randn(B, H, C, generator=g)) for _ in range(n)]
 
 
-def zero_heads(attn: nn.Module, heads, n_heads):
-    """Make heads contribute nothing: zero their q/k/v rows and output columns."""
+def zero_heads(attn: nn.Module, heads, n_heads, scale: float = 0.0):
+    """Make heads contribute nothing: zero their q/k/v rows and output columns (or, with
+    `scale`, multiply them by it: nearly nothing, but not all-zero)."""
     with torch.no_grad():
         d = attn.q_proj.out_features // n_heads
         for h in heads:
             sl = slice(h * d, (h + 1) * d)
             for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
-                lin.weight[sl] = 0
-                lin.bias[sl] = 0
-            attn.out_proj.weight[:, sl] = 0
+                lin.weight[sl] *= scale
+                lin.bias[sl] *= scale
+            attn.out_proj.weight[:, sl] *= scale
 
 
 class FusedGLUForecaster(nn.Module):
